@@ -1,0 +1,1 @@
+"""The DICOM node: angiography system -> SCP -> spool -> worker -> model -> SEG -> PACS."""

@@ -1,0 +1,1 @@
+"""Segmentation core: frames -> tensor -> model -> mask -> metrics (mm) -> DICOM output."""

@@ -1,0 +1,5 @@
+import sys
+
+from taviseg.cli import main
+
+sys.exit(main())
