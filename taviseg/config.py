@@ -69,6 +69,18 @@ def setting(
 
 
 def _type_name(tp: Any) -> str:
+    """Readable name of a field type: ``Path | None``, ``list[int]``, ``tuple[float, ...]``."""
+    if tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is not None and args:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
     if isinstance(tp, type):
         return tp.__name__
     return str(tp).replace("typing.", "")
@@ -115,8 +127,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
         )
     if origin is Literal:
-        if value in args:
-            return value
+        for allowed in args:  # type-strict: 512.0 or True must not pass as 512 or 1
+            if type(value) is type(allowed) and value == allowed:
+                return allowed
         allowed = ", ".join(repr(a) for a in args)
         raise ConfigError(f"{where}: invalid value {value!r}; allowed: {allowed}")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -273,6 +286,8 @@ def load_config(
         if section not in data:
             raise ConfigError(f"{path}: section {section!r} is missing")
         data = data[section] or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping, got {type(data).__name__}")
     if overrides:
         data = apply_overrides(data, overrides)
     return from_dict(cls, data, source=str(path))
@@ -299,6 +314,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected KEY=VALUE")
     key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r}: empty key before '='")
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:

@@ -252,6 +252,10 @@ class DatasetWriter:
         logger.info("wrote data set %s: %d frames", self.root, len(self._rows))
         return self.root
 
+    def __len__(self) -> int:
+        """Number of frames added so far."""
+        return len(self._rows)
+
     def __enter__(self) -> "DatasetWriter":
         return self
 

@@ -1,0 +1,193 @@
+"""The one configuration loader (taviseg/config.py): strict, typed, with readable errors."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from taviseg.config import (
+    ConfigError,
+    apply_overrides,
+    from_dict,
+    load_config,
+    parse_override,
+    read_yaml,
+    setting,
+    to_dict,
+)
+from taviseg.errors import TavisegError
+
+
+class Device(enum.Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class Optim:
+    name: Literal["adam", "radam", "rmsprop"] = "adam"
+    lr: float = setting(1e-3, gt=0.0, le=1.0, doc="learning rate")
+
+
+@dataclass(frozen=True)
+class Train:
+    epochs: int = setting(35, ge=1)
+    input_size: Literal[512, 640, 896] = 512
+    optim: Optim = field(default_factory=Optim)
+    folds: list[int] = setting(default_factory=lambda: [0, 1], ge=0, le=4)
+    spacing: tuple[float, float] = (0.39, 0.39)
+    sizes: tuple[int, ...] = ()
+    weights: Optional[Path] = None
+    amp: bool = False
+    device: Device = Device.CPU
+    note: str | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+    maybe: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Required:
+    root: Path
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.k > 10:
+            raise ValueError(f"k={self.k} is too large for root {self.root}")
+
+
+def test_defaults_and_full_conversion():
+    assert from_dict(Train, None) == Train()
+    cfg = from_dict(Train, {
+        "epochs": 3, "input_size": 896, "optim": {"name": "rmsprop", "lr": "1e-4"},
+        "folds": [4], "spacing": [0.5, 1], "sizes": [1, 2, 3], "weights": "w/enc.safetensors",
+        "amp": True, "device": "cuda", "note": None, "extra": {"a": 1},
+    })
+    assert cfg.optim == Optim("rmsprop", 1e-4) and isinstance(cfg.optim.lr, float)
+    assert cfg.spacing == (0.5, 1.0) and isinstance(cfg.spacing[1], float)
+    assert cfg.sizes == (1, 2, 3) and cfg.weights == Path("w/enc.safetensors")
+    assert cfg.device is Device.CUDA and cfg.extra == {"a": 1.0}
+    assert from_dict(Train, to_dict(cfg)) == cfg  # round trip through plain values
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"^epoch: unknown key \(did you mean 'epochs'\?\); valid keys: amp, "):
+        from_dict(Train, {"epoch": 3})
+    with pytest.raises(ConfigError, match=r"optim\.learning_rate: unknown key; valid keys: lr, name"):
+        from_dict(Train, {"optim": {"learning_rate": 1}})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"epochs": "3"}, r"epochs: expected an integer, got str '3'"),
+    ({"epochs": 3.0}, r"epochs: expected an integer, got float"),
+    ({"epochs": True}, r"epochs: expected an integer, got bool"),
+    ({"amp": "yes"}, r"amp: expected true/false"),
+    ({"amp": 1}, r"amp: expected true/false"),
+    ({"optim": {"lr": "fast"}}, r"optim\.lr: expected a number, got str 'fast'"),
+    ({"optim": "adam"}, r"optim: expected a mapping for Optim, got str"),
+    ({"folds": 3}, r"folds: expected a list, got int 3"),
+    ({"folds": [0, "1"]}, r"folds\[1\]: expected an integer"),
+    ({"spacing": [0.5]}, r"spacing: expected 2 items, got 1"),
+    ({"weights": 3}, r"weights: expected Path \| None, got int 3"),
+    ({"note": 3}, r"note: expected str \| None, got int 3"),
+    ({"extra": [1]}, r"extra: expected a mapping"),
+    ({"maybe": 3}, r"maybe: expected list\[int\] \| None, got int 3"),
+    ({"extra": {"a": "b"}}, r"extra\.a: expected a number"),
+])
+def test_wrong_type_names_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Train, data)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"epochs": 0}, r"epochs: value 0 is out of range \(must be >= 1\)"),
+    ({"optim": {"lr": 0}}, r"optim\.lr: value 0\.0 is out of range \(must be > 0\.0\)"),
+    ({"optim": {"lr": 2}}, r"optim\.lr: value 2\.0 is out of range \(must be <= 1\.0\)"),
+    ({"folds": [0, 5]}, r"folds\[1\]: value 5 is out of range \(must be <= 4\)"),
+])
+def test_out_of_range(data, message):
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Train, data)
+
+
+def test_literal_and_enum_list_the_allowed_values():
+    with pytest.raises(ConfigError, match=r"optim\.name: invalid value 'sgd'; allowed: 'adam', 'radam', 'rmsprop'"):
+        from_dict(Train, {"optim": {"name": "sgd"}})
+    with pytest.raises(ConfigError, match=r"input_size: invalid value 624; allowed: 512, 640, 896"):
+        from_dict(Train, {"input_size": 624})
+    with pytest.raises(ConfigError, match=r"device: invalid value 'tpu'; allowed: 'cpu', 'cuda'"):
+        from_dict(Train, {"device": "tpu"})
+    assert from_dict(Train, {"device": "CUDA"}).device is Device.CUDA  # member name accepted
+
+
+def test_literal_is_type_strict():
+    with pytest.raises(ConfigError, match="input_size: invalid value 512.0"):
+        from_dict(Train, {"input_size": 512.0})  # a float must not pass as the int 512
+    cfg = from_dict(Train, {"input_size": 640})
+    assert cfg.input_size == 640 and type(cfg.input_size) is int
+
+
+def test_required_key_and_post_init_errors():
+    with pytest.raises(ConfigError, match="root: required key is missing"):
+        from_dict(Required, {})
+    with pytest.raises(ConfigError, match=r"data\.yaml: Required: k=11 is too large"):
+        from_dict(Required, {"root": "x", "k": 11}, source="data.yaml")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        from_dict(Required, [1, 2])
+
+
+def test_errors_are_domain_errors():
+    with pytest.raises(TavisegError):
+        from_dict(Train, {"epochs": -1})
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_load_config_file_section_and_overrides(tmp_path):
+    path = tmp_path / "train.yaml"
+    path.write_text("train:\n  epochs: 10\n  optim:\n    name: radam\n    lr: 1e-3\nother: 1\n")
+    cfg = load_config(path, Train, section="train", overrides={"optim.lr": 1e-5, "folds": [2]})
+    assert (cfg.epochs, cfg.optim.name, cfg.optim.lr, cfg.folds) == (10, "radam", 1e-5, [2])
+    assert read_yaml(path)["train"]["optim"]["lr"] == "1e-3"  # file untouched, YAML 1.1 string
+    with pytest.raises(ConfigError, match=rf"{path}: optim\.lr: value 5\.0 is out of range"):
+        load_config(path, Train, section="train", overrides={"optim.lr": 5})
+    with pytest.raises(ConfigError, match=rf"{path}: optim\.lrr: unknown key \(did you mean 'lr'\?\)"):
+        load_config(path, Train, section="train", overrides={"optim.lrr": 5})
+    with pytest.raises(ConfigError, match="section 'eval' is missing"):
+        load_config(path, Train, section="eval")
+    with pytest.raises(ConfigError, match="section 'other' must be a mapping"):
+        load_config(path, Train, section="other")
+
+
+def test_missing_malformed_and_non_mapping_files(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "nope.yaml", Train)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad, Train)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load_config(listing, Train)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty, Train) == Train()
+
+
+def test_overrides_parsing_and_application():
+    assert parse_override("optim.lr=1e-4") == ("optim.lr", "1e-4")
+    assert parse_override("folds=[1, 2]") == ("folds", [1, 2])
+    assert parse_override(" amp = true") == ("amp", True)
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("amp")
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_override("=3")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_override("folds=[1,")
+    data = {"optim": {"lr": 1}, "n": None}
+    out = apply_overrides(data, {"optim.name": "radam", "n.m": 2})
+    assert out == {"optim": {"lr": 1, "name": "radam"}, "n": {"m": 2}}
+    assert data == {"optim": {"lr": 1}, "n": None}  # input not modified
