@@ -10,167 +10,30 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import shutil
 import subprocess
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from taviseg.orthanc import OrthancServer, wait_until
+from taviseg.orthanc import start_orthanc as _start_orthanc
 from tests.conftest import free_port, require_tool
+
+__all__ = ["OrthancServer", "orthanc_server", "postgres_server", "run_dciodvfy", "start_orthanc"]
 
 READY_TIMEOUT_S = 60.0
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll ``predicate`` until true or ``timeout`` seconds pass (bounded loop)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n{tail}")
-        result = predicate()
-        if result:
-            return result
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-    tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s\n{tail}")
+def _wait(predicate, timeout: float, what: str, proc=None, log=None):
+    """Poll ``predicate`` with a bounded deadline (see :func:`taviseg.orthanc.wait_until`)."""
+    return wait_until(predicate, timeout, what, proc, log)
 
 
-@dataclass
-class OrthancServer:
-    """A running Orthanc: DICOM on ``dicom_port``, REST API on ``url``."""
-
-    dicom_port: int
-    http_port: int
-    aet: str
-    workdir: Path
-    process: subprocess.Popen = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def get_json(self, path: str):
-        """GET ``path`` from the REST API and decode the JSON answer."""
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-            return json.loads(resp.read())
-
-    def get_bytes(self, path: str) -> bytes:
-        """GET ``path`` from the REST API as raw bytes (e.g. ``/instances/<id>/file``)."""
-        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
-            return resp.read()
-
-    def post_json(self, path: str, payload) -> object:
-        """POST a JSON payload to ``path`` and decode the answer."""
-        data = json.dumps(payload).encode()
-        req = urllib.request.Request(self.url + path, data=data, method="POST")
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            body = resp.read()
-        return json.loads(body) if body else None
-
-    def instances(self) -> list[str]:
-        """Orthanc ids of every stored instance."""
-        return self.get_json("/instances")
-
-    def instance_tags(self, orthanc_id: str) -> dict:
-        """``/instances/<id>/simplified-tags`` of one instance."""
-        return self.get_json(f"/instances/{orthanc_id}/simplified-tags")
-
-    def find_instances(self, **tags: str) -> list[str]:
-        """Orthanc ids of instances matching DICOM keyword=value tags (``/tools/find``)."""
-        return self.post_json("/tools/find", {"Level": "Instance", "Query": tags}) or []
-
-    def wait_for_instances(self, count: int, timeout: float = 60.0, **tags: str) -> list[str]:
-        """Wait until at least ``count`` instances (optionally matching ``tags``) are stored."""
-        def enough():
-            found = self.find_instances(**tags) if tags else self.instances()
-            return found if len(found) >= count else None
-        return _wait(enough, timeout, f"Orthanc holding {count} instance(s) {tags or ''}")
-
-    def alive(self) -> bool:
-        try:
-            self.get_json("/system")
-            return True
-        except (urllib.error.URLError, ConnectionError, OSError):
-            return False
-
-    def stop(self) -> None:
-        """Terminate Orthanc (bounded wait, then kill)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-
-def start_orthanc(
-    workdir: Path,
-    *,
-    aet: str = "ORTHANC",
-    known_modalities: Mapping[str, tuple[str, str, int]] | None = None,
-    dicom_port: int | None = None,
-    http_port: int | None = None,
-    lua_scripts: list[Path] | None = None,
-) -> OrthancServer:
-    """Start Orthanc with its storage in ``workdir``; returns once its REST API answers.
-
-    ``known_modalities`` maps a name to (AE title, host, port) for C-STORE from Orthanc.
-    Passing the same ``workdir`` and ports again restarts it on the same data (outage tests).
-    """
-    binary = require_tool("Orthanc")
-    workdir.mkdir(parents=True, exist_ok=True)
-    dicom_port = dicom_port or free_port()
-    http_port = http_port or free_port()
-    config = {
-        "Name": "taviseg-test",
-        "StorageDirectory": str(workdir / "storage"),
-        "IndexDirectory": str(workdir / "storage"),
-        "TemporaryDirectory": str(workdir / "tmp"),
-        "HttpPort": http_port,
-        "DicomPort": dicom_port,
-        "DicomAet": aet,
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomAlwaysAllowStore": True,
-        "DicomAlwaysAllowEcho": True,
-        "DicomCheckCalledAet": False,
-        "UnknownSopClassAccepted": True,
-        "Plugins": [],
-        "LuaScripts": [str(p) for p in (lua_scripts or [])],
-        "DicomModalities": {k: [a, h, p] for k, (a, h, p) in (known_modalities or {}).items()},
-        "ConcurrentJobs": 2,
-        "StableAge": 1,
-        "DeidentifyLogs": True,
-        "SaveJobs": False,
-        "MaximumStorageCacheSize": 0,
-    }
-    (workdir / "tmp").mkdir(exist_ok=True)
-    cfg_path = workdir / "orthanc.json"
-    cfg_path.write_text(json.dumps(config, indent=2))
-    log = workdir / "orthanc.log"
-    proc = subprocess.Popen(
-        [binary, str(cfg_path)],
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        cwd=workdir,
-    )
-    server = OrthancServer(dicom_port, http_port, aet, workdir, proc)
-    try:
-        _wait(server.alive, READY_TIMEOUT_S, "Orthanc", proc, log)
-    except BaseException:
-        server.stop()
-        raise
-    return server
+def start_orthanc(workdir: Path, **kwargs) -> OrthancServer:
+    """Start Orthanc for a test (skipped locally / failed in CI when it is not installed)."""
+    return _start_orthanc(workdir, binary=require_tool("Orthanc"), **kwargs)
 
 
 @contextlib.contextmanager
