@@ -1,0 +1,1 @@
+"""Inference: frames -> model input -> backend (eager/ONNX/bf16) -> probabilities -> masks."""

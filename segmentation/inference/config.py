@@ -1,0 +1,70 @@
+"""Typed inference configuration (``conf/inference.yaml``), loaded by :mod:`taviseg.config`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from taviseg.config import CONF_DIR, load_config, setting
+
+#: The default configuration file.
+DEFAULT_INFERENCE_CONFIG = CONF_DIR / "inference.yaml"
+
+Backend = Literal["auto", "eager", "onnx", "bf16"]
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Mask post-processing, each step switchable (applied in this order)."""
+
+    threshold: float | None = setting(
+        None, gt=0.0, lt=1.0, doc="probability threshold; null = the model folder's threshold"
+    )
+    keep_largest_component: bool = setting(True, doc="keep only the largest 8-connected component")
+    fill_holes: bool = setting(True, doc="fill holes enclosed by the mask")
+
+
+@dataclass(frozen=True)
+class ConfidenceConfig:
+    """Per-frame confidence (see segmentation.inference.confidence)."""
+
+    margin_fraction: float = setting(
+        0.05, ge=0.0, le=1.0,
+        doc="neighbourhood of the predicted region, as a fraction of the frame's shorter side",
+    )
+    flag_below: float = setting(0.8, ge=0.0, le=1.0, doc="frames below this are flagged low-confidence")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How to run a model folder on frames."""
+
+    device: str = setting("auto", doc="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    backend: Backend = setting(
+        "auto", doc="auto (GPU: eager + bf16/fp16 autocast; CPU: ONNX Runtime), eager, onnx, bf16"
+    )
+    batch_size: int = setting(8, ge=1, le=1024, doc="frames per forward pass")
+    folds: tuple[int, ...] | None = setting(None, doc="folds to ensemble; null = all folds present")
+    tta: bool = setting(False, doc="horizontal-flip test-time augmentation")
+    channels_last: bool = setting(True, doc="channels-last memory format for the eager backends")
+    threads: int = setting(0, ge=0, le=512, doc="CPU threads for torch/ONNX Runtime; 0 = default")
+    onnx_cache_dir: Path | None = setting(None, doc="exported .onnx cache; null = user cache dir")
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+
+
+def default_onnx_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/taviseg/onnx`` (``~/.cache/taviseg/onnx`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "taviseg" / "onnx"
+
+
+def load_inference_config(path: str | Path | None = None, overrides: dict | None = None) -> InferenceConfig:
+    """Load ``conf/inference.yaml`` (or ``path``) into an :class:`InferenceConfig`.
+
+    Raises:
+        taviseg.config.ConfigError: unknown key, wrong type or out-of-range value.
+    """
+    return load_config(path or DEFAULT_INFERENCE_CONFIG, InferenceConfig, overrides=overrides)

@@ -1,0 +1,283 @@
+"""The inference engine: a model folder + frames -> per-frame masks, confidences, probabilities.
+
+Pipeline per batch of frames: :func:`~segmentation.inference.preprocess.to_model_input`
+(any size / bit depth -> normalised, resized, padded batch) -> each selected fold's backend ->
+sigmoid -> mean over folds (ensemble) and over the horizontally flipped copy (TTA) ->
+crop/resize back to each frame's original size -> post-processing -> confidence.
+
+Backends (``backend=``): ``"eager"`` PyTorch fp32; ``"bf16"`` PyTorch bf16 autocast;
+``"onnx"`` ONNX Runtime fp32 (export cached, see :mod:`segmentation.inference.backends`);
+``"auto"``: on a GPU eager with bf16 (or fp16) autocast, on a CPU ONNX Runtime, falling back to
+eager fp32 with a logged warning when the export fails. Tested agreement with eager fp32:
+ONNX probabilities within 1e-3 (max abs), bf16 masks Dice > 0.99.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segmentation.errors import InferenceError, ModelError
+from segmentation.inference.backends import (
+    Backend,
+    OnnxBackend,
+    TorchBackend,
+    cached_onnx_path,
+    gpu_autocast_dtype,
+    resolve_device,
+)
+from segmentation.inference.confidence import frame_confidence
+from segmentation.inference.config import (
+    ConfidenceConfig,
+    InferenceConfig,
+    PostprocessConfig,
+    default_onnx_cache_dir,
+)
+from segmentation.inference.postprocess import postprocess_mask
+from segmentation.inference.preprocess import FrameInput, as_frame_list, restore_probabilities, to_model_input
+from segmentation.models.folder import ModelFolder, load_model_folder
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "eager", "onnx", "bf16")
+
+
+@dataclass
+class Prediction:
+    """Per-frame results at each frame's original size.
+
+    ``masks``: bool ``(N, H, W)`` (a list of 2-D arrays when the frames differ in size);
+    ``confidence``: float32 ``(N,)`` (definition: :mod:`segmentation.inference.confidence`);
+    ``probabilities``: float32 like ``masks`` when requested, else None;
+    ``low_confidence``: bool ``(N,)``, confidence below the configured ``flag_below``.
+    """
+
+    masks: np.ndarray | list[np.ndarray]
+    confidence: np.ndarray
+    probabilities: np.ndarray | list[np.ndarray] | None = None
+    low_confidence: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+
+    def __len__(self) -> int:
+        return len(self.confidence)
+
+
+def _stack(items: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    if items and all(a.shape == items[0].shape for a in items):
+        return np.stack(items)
+    if not items:
+        return np.zeros((0, 0, 0), np.float32)
+    return items
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return (1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))).astype(np.float32)
+
+
+class InferenceEngine:
+    """Runs a model folder on frames; build it with :meth:`from_folder` or :meth:`from_config`."""
+
+    def __init__(
+        self,
+        folder: ModelFolder,
+        backends: dict[int, Backend],
+        *,
+        device: torch.device,
+        backend_name: str,
+        batch_size: int = 8,
+        tta: bool = False,
+        postprocess: PostprocessConfig | None = None,
+        confidence: ConfidenceConfig | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
+        self.folder = folder
+        self.spec = folder.spec
+        self.backends = backends
+        self.device = device
+        self.backend_name = backend_name
+        self.batch_size = int(batch_size)
+        self.tta = bool(tta)
+        self.postprocess = postprocess or PostprocessConfig()
+        self.confidence_config = confidence or ConfidenceConfig()
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        """The folds ensembled by this engine."""
+        return tuple(self.backends)
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path | ModelFolder,
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        batch_size: int = 8,
+        folds: tuple[int, ...] | list[int] | None = None,
+        tta: bool = False,
+        postprocess: PostprocessConfig | None = None,
+        confidence: ConfidenceConfig | None = None,
+        channels_last: bool = True,
+        threads: int = 0,
+        onnx_cache_dir: str | Path | None = None,
+    ) -> "InferenceEngine":
+        """Load a model folder and prepare one backend per selected fold.
+
+        Args:
+            folder: Model folder path (or a loaded :class:`ModelFolder`).
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+            backend: ``auto``, ``eager``, ``onnx`` or ``bf16`` (see the module docstring).
+            batch_size: Frames per forward pass.
+            folds: Folds to ensemble (mean probability); None = all folds of the folder.
+            tta: Add the horizontally flipped frames and average.
+            postprocess: Post-processing switches (default: all on, the folder's threshold).
+            confidence: Confidence settings.
+            channels_last: Channels-last memory format for the eager backends.
+            threads: CPU threads (0 = leave torch's setting; > 0 sets it process-wide).
+            onnx_cache_dir: Where ONNX exports are cached (default: the user cache dir).
+
+        Raises:
+            ModelError: bad folder or unknown fold. InferenceError: unknown backend/device, or
+                an explicitly requested ONNX backend whose export failed.
+        """
+        mf = folder if isinstance(folder, ModelFolder) else load_model_folder(folder)
+        if backend not in BACKENDS:
+            raise InferenceError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+        dev = resolve_device(device)
+        if threads > 0:
+            torch.set_num_threads(int(threads))
+        selected = tuple(mf.folds if folds is None else (int(f) for f in folds))
+        if not selected:
+            raise ModelError(f"{mf.path}: no folds selected; folds present: {list(mf.folds)}")
+        for fold in selected:
+            mf.weights_path(fold)  # raises ModelError naming the folds present
+        cache_dir = Path(onnx_cache_dir) if onnx_cache_dir is not None else default_onnx_cache_dir()
+        t0 = time.perf_counter()
+        backends, name = cls._make_backends(mf, selected, dev, backend, channels_last, threads, cache_dir)
+        logger.info(
+            "inference engine: %s/%s, backend %s on %s, folds %s, tta=%s (ready in %.1f s)",
+            mf.spec.architecture, mf.spec.encoder, name, dev, list(selected), tta, time.perf_counter() - t0,
+        )
+        return cls(
+            mf, backends, device=dev, backend_name=name, batch_size=batch_size, tta=tta,
+            postprocess=postprocess, confidence=confidence,
+        )
+
+    @classmethod
+    def from_config(cls, folder: str | Path | ModelFolder, config: InferenceConfig) -> "InferenceEngine":
+        """Build an engine from an :class:`InferenceConfig` (``conf/inference.yaml``)."""
+        return cls.from_folder(
+            folder, device=config.device, backend=config.backend, batch_size=config.batch_size,
+            folds=config.folds, tta=config.tta, postprocess=config.postprocess,
+            confidence=config.confidence, channels_last=config.channels_last,
+            threads=config.threads, onnx_cache_dir=config.onnx_cache_dir,
+        )
+
+    @staticmethod
+    def _make_backends(
+        mf: ModelFolder,
+        folds: tuple[int, ...],
+        dev: torch.device,
+        backend: str,
+        channels_last: bool,
+        threads: int,
+        cache_dir: Path,
+    ) -> tuple[dict[int, Backend], str]:
+        if backend == "auto":
+            if dev.type == "cuda":
+                dtype = gpu_autocast_dtype()
+                name = "eager-bf16" if dtype == torch.bfloat16 else "eager-fp16"
+                return {
+                    f: TorchBackend(mf.build(f), device=dev, autocast_dtype=dtype,
+                                    channels_last=channels_last, name=name)
+                    for f in folds
+                }, name
+            try:
+                return {f: OnnxBackend(cached_onnx_path(mf, f, cache_dir), threads=threads, device=dev)
+                        for f in folds}, "onnx"
+            except InferenceError as exc:
+                logger.warning("ONNX backend unavailable (%s); falling back to eager fp32", exc)
+                backend = "eager"
+        if backend == "onnx":
+            return {f: OnnxBackend(cached_onnx_path(mf, f, cache_dir), threads=threads, device=dev)
+                    for f in folds}, "onnx"
+        if backend == "bf16":
+            if dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+                raise InferenceError(f"backend 'bf16' requested but {dev} does not support bf16")
+            return {f: TorchBackend(mf.build(f), device=dev, autocast_dtype=torch.bfloat16,
+                                    channels_last=channels_last, name="bf16") for f in folds}, "bf16"
+        return {f: TorchBackend(mf.build(f), device=dev, autocast_dtype=None,
+                                channels_last=channels_last, name="eager") for f in folds}, "eager"
+
+    # ------------------------------------------------------------------ prediction
+    def probabilities_at_model_size(self, batch: np.ndarray) -> np.ndarray:
+        """Ensembled (and TTA-averaged) probabilities ``(N, P, P)`` of a preprocessed batch."""
+        total = np.zeros((batch.shape[0], batch.shape[2], batch.shape[3]), np.float32)
+        inputs = batch
+        if self.tta:
+            inputs = np.concatenate([batch, batch[..., ::-1]], axis=0)
+        n = batch.shape[0]
+        for backend in self.backends.values():
+            probs = _sigmoid(backend.logits(inputs))
+            if self.tta:
+                total += 0.5 * (probs[:n] + probs[n:, :, ::-1])
+            else:
+                total += probs
+        return total / np.float32(len(self.backends))
+
+    def iter_batches(self, frames: FrameInput, *, bits_stored: int | None = None) -> Iterator[list[np.ndarray]]:
+        """Yield the original-size probability maps, one list per batch of ``batch_size`` frames."""
+        items = as_frame_list(frames)
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            batch, geometry = to_model_input(
+                chunk, input_size=self.spec.input_size, padded_size=self.spec.padded_size,
+                in_channels=self.spec.in_channels, normalization=self.spec.normalization,
+                bits_stored=bits_stored,
+            )
+            yield restore_probabilities(self.probabilities_at_model_size(batch), geometry)
+
+    def predict(
+        self,
+        frames: FrameInput,
+        *,
+        return_probabilities: bool = False,
+        bits_stored: int | None = None,
+    ) -> Prediction:
+        """Segment frames.
+
+        Args:
+            frames: ``(N, H, W)`` or ``(H, W)`` array, or a list of 2-D arrays; uint8, 10-16 bit
+                integers, bool or float in [0, 1] (see :func:`normalize_frames`).
+            return_probabilities: Also return the probability maps (original size).
+            bits_stored: Bits Stored of integer frames (DICOM), if known.
+
+        Returns:
+            A :class:`Prediction` (masks at the original size).
+
+        Raises:
+            InferenceError: malformed frames.
+        """
+        masks: list[np.ndarray] = []
+        probs_out: list[np.ndarray] = []
+        conf: list[float] = []
+        for maps in self.iter_batches(frames, bits_stored=bits_stored):
+            for p in maps:
+                mask = postprocess_mask(p, self.postprocess, default_threshold=self.spec.threshold)
+                masks.append(mask)
+                conf.append(frame_confidence(p, mask, margin_fraction=self.confidence_config.margin_fraction))
+                if return_probabilities:
+                    probs_out.append(p)
+        confidence = np.asarray(conf, np.float32)
+        return Prediction(
+            masks=_stack(masks) if masks else np.zeros((0, 0, 0), bool),
+            confidence=confidence,
+            probabilities=_stack(probs_out) if return_probabilities else None,
+            low_confidence=confidence < np.float32(self.confidence_config.flag_below),
+        )

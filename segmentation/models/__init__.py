@@ -1,0 +1,1 @@
+"""Model zoo (architectures x encoders) and the self-describing trained-model folder."""

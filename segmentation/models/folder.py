@@ -1,0 +1,279 @@
+"""The trained-model folder: everything inference needs, and nothing else.
+
+Layout::
+
+    <folder>/config.json            {"format": "taviseg-model", "format_version": 1, ...ModelSpec}
+    <folder>/fold_<k>.safetensors   the weights of fold k (one file per cross-validation fold)
+
+``config.json`` names the architecture, encoder, input size, input channels, normalisation,
+threshold, the segment description (aortic root, SNOMED CT coded) and the training provenance
+(data set, folds, metrics...). A folder written by another format version is refused with an
+error naming both versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from segmentation.errors import ModelError
+from segmentation.models.zoo import (
+    build_model,
+    canonical_architecture,
+    canonical_encoder,
+    padded_input_size,
+)
+from taviseg.config import ConfigError, from_dict, setting, to_dict
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "taviseg-model"
+#: Version of the folder format written by this code (and the only one it reads).
+FORMAT_VERSION = 1
+CONFIG_FILENAME = "config.json"
+#: The supported normalisations (see segmentation.inference.preprocess).
+NORMALIZATIONS = ("unit", "imagenet")
+
+
+def fold_filename(fold: int) -> str:
+    """File name of the weights of ``fold`` (``fold_<k>.safetensors``)."""
+    return f"fold_{int(fold)}.safetensors"
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (DICOM Code Sequence item): value, coding scheme designator, meaning."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+#: SNOMED CT "Anatomical Structure" (DICOM CID 7150, Segmentation Property Category).
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+#: SNOMED CT 8128003 "Aortic root" (DICOM CID 12305 "Aortic Root", CID 12289/12291 "Root of
+#: Aorta"; SNOMED FSN "Supraaortic valve area structure"). Note: 91748002 is NOT the aortic
+#: root (it is "Mid Left Anterior Descending Coronary Artery" in DICOM CID 7151/3014).
+AORTIC_ROOT = Code("8128003", "SCT", "Aortic root")
+
+
+@dataclass(frozen=True)
+class SegmentDescription:
+    """What the model segments, coded for a DICOM Segmentation's Segment Sequence."""
+
+    label: str = "Aortic root"
+    category: Code = ANATOMICAL_STRUCTURE
+    type: Code = AORTIC_ROOT
+    algorithm_type: Literal["AUTOMATIC", "SEMIAUTOMATIC", "MANUAL"] = "AUTOMATIC"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The self-description of a trained model (``config.json``).
+
+    ``normalization``: ``"unit"`` = :func:`segmentation.inference.preprocess.normalize_frames`
+    ([0, 1]; our training); ``"imagenet"`` = the same, then per-channel ImageNet mean/std
+    (the authors' released models, 3 channels). ``threshold`` applies to the sigmoid
+    probability. ``folds``: the folds whose weights the folder holds.
+    """
+
+    architecture: str
+    encoder: str
+    input_size: int = setting(ge=16, le=4096, doc="frames are resized to this size")
+    in_channels: int = setting(1, ge=1, le=3, doc="input channels (gray frame replicated)")
+    normalization: Literal["unit", "imagenet"] = "unit"
+    threshold: float = setting(0.5, gt=0.0, lt=1.0, doc="probability threshold")
+    segment: SegmentDescription = field(default_factory=SegmentDescription)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    folds: tuple[int, ...] = (0,)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
+        object.__setattr__(self, "encoder", canonical_encoder(self.encoder))
+        object.__setattr__(self, "folds", tuple(int(f) for f in self.folds))
+        if not self.folds or len(set(self.folds)) != len(self.folds) or min(self.folds) < 0:
+            raise ModelError(f"folds must be distinct non-negative integers, got {self.folds}")
+
+    @property
+    def padded_size(self) -> int:
+        """The network input size (input_size padded for the architecture)."""
+        return padded_input_size(self.architecture, self.input_size)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The spec as the JSON mapping written to ``config.json``."""
+        return {"format": FORMAT_NAME, **to_dict(self)}
+
+
+@dataclass
+class ModelFolder:
+    """A loaded model folder: its spec and where the weights of each fold are."""
+
+    path: Path
+    spec: ModelSpec
+    _hashes: dict[int, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        """The folds whose weights are present."""
+        return self.spec.folds
+
+    def weights_path(self, fold: int) -> Path:
+        """Path of the safetensors file of ``fold``.
+
+        Raises:
+            ModelError: ``fold`` is not one of the folder's folds.
+        """
+        if fold not in self.spec.folds:
+            raise ModelError(f"{self.path}: no fold {fold!r}; folds present: {list(self.spec.folds)}")
+        return self.path / fold_filename(fold)
+
+    def weights_hash(self, fold: int) -> str:
+        """SHA-256 (hex) of the weights file of ``fold`` (cached)."""
+        if fold not in self._hashes:
+            digest = hashlib.sha256()
+            with self.weights_path(fold).open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            self._hashes[fold] = digest.hexdigest()
+        return self._hashes[fold]
+
+    def state_dict(self, fold: int) -> dict[str, torch.Tensor]:
+        """The weights of ``fold``.
+
+        Raises:
+            ModelError: missing or unreadable weights file.
+        """
+        from safetensors.torch import load_file
+
+        path = self.weights_path(fold)
+        try:
+            return load_file(str(path))
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise ModelError(f"{path}: cannot read weights: {exc}") from exc
+
+    def build(self, fold: int | None = None, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Build the network of ``fold`` (default: the first fold) with its weights, in eval mode.
+
+        Raises:
+            ModelError: unknown fold, unreadable weights, or weights that do not fit the spec.
+        """
+        fold = self.spec.folds[0] if fold is None else fold
+        model = build_model(self.spec.architecture, self.spec.encoder, in_channels=self.spec.in_channels)
+        state = self.state_dict(fold)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelError(
+                f"{self.weights_path(fold)}: weights do not fit {self.spec.architecture}/"
+                f"{self.spec.encoder} with {self.spec.in_channels} input channel(s): {exc}"
+            ) from exc
+        return model.to(device).eval()
+
+
+def save_model_folder(
+    folder: str | Path,
+    spec: ModelSpec,
+    fold_state_dicts: dict[int, dict[str, torch.Tensor]],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model folder: ``config.json`` plus ``fold_<k>.safetensors`` per fold.
+
+    The spec's ``folds`` are set to the keys of ``fold_state_dicts``. Files are written to a
+    temporary name and renamed, so a reader never sees half a file.
+
+    Args:
+        folder: Target folder (created).
+        spec: The model description.
+        fold_state_dicts: Fold index -> state dict of the whole model.
+        overwrite: Replace an existing ``config.json`` (else it is an error).
+
+    Returns:
+        The folder path.
+
+    Raises:
+        ModelError: no folds given, an existing folder without ``overwrite``, or state dicts
+            that do not fit the spec's architecture/encoder.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if not fold_state_dicts:
+        raise ModelError("save_model_folder: no fold weights given")
+    if (folder / CONFIG_FILENAME).exists() and not overwrite:
+        raise ModelError(f"{folder}: a model folder already exists here (pass overwrite)")
+    spec = dataclasses.replace(spec, folds=tuple(sorted(int(k) for k in fold_state_dicts)))
+    expected = build_model(spec.architecture, spec.encoder, in_channels=spec.in_channels).state_dict()
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"architecture": spec.architecture, "encoder": spec.encoder, "format": FORMAT_NAME}
+    for fold, state in sorted(fold_state_dicts.items()):
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ModelError(
+                f"fold {fold}: state dict does not fit {spec.architecture}/{spec.encoder}: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        target = folder / fold_filename(fold)
+        tmp = target.with_suffix(".safetensors.tmp")
+        save_file(tensors, str(tmp), metadata={**meta, "fold": str(fold)})
+        os.replace(tmp, target)
+    _write_json_atomic(folder / CONFIG_FILENAME, spec.to_json_dict())
+    logger.info("wrote model folder %s (%s/%s, folds %s)", folder, spec.architecture, spec.encoder, list(spec.folds))
+    return folder
+
+
+def load_model_folder(folder: str | Path) -> ModelFolder:
+    """Load and check a model folder.
+
+    Raises:
+        ModelError: missing folder or ``config.json``, not a taviseg model, another format
+            version (names both), an invalid spec (names the key), or a missing weights file.
+    """
+    folder = Path(folder)
+    config = folder / CONFIG_FILENAME
+    if not config.is_file():
+        raise ModelError(f"{folder}: not a taviseg model folder (no {CONFIG_FILENAME})")
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{config}: unreadable JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ModelError(f"{config}: format is {got!r}, expected {FORMAT_NAME!r}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        relation = "newer" if isinstance(version, int) and version > FORMAT_VERSION else "older or unknown"
+        raise ModelError(
+            f"{config}: model folder format version {version!r} ({relation}) is not supported; "
+            f"this taviseg reads format version {FORMAT_VERSION}"
+        )
+    body = {k: v for k, v in data.items() if k != "format"}
+    try:
+        spec = from_dict(ModelSpec, body, source=str(config))
+    except ConfigError as exc:
+        raise ModelError(str(exc)) from exc
+    model_folder = ModelFolder(path=folder, spec=spec)
+    for fold in spec.folds:
+        if not model_folder.weights_path(fold).is_file():
+            raise ModelError(f"{folder}: weights of fold {fold} missing ({fold_filename(fold)})")
+    return model_folder
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
