@@ -16,4 +16,29 @@ class StorageError(NodeError):
 
 
 class InstanceRejected(NodeError):
-    """An instance is refused by policy (size, frames, SOP class): answer with a failure status."""
+    """An instance is refused by policy (size, frames, SOP class): answer with a failure status.
+
+    Attributes:
+        status: The DICOM C-STORE failure status the handler answers with (default 0xC000,
+            "Cannot understand" class).
+    """
+
+    def __init__(self, message: str, status: int = 0xC000) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class JournalError(NodeError):
+    """The node's SQLite journal could not be opened, read or written."""
+
+
+class ProcessingError(NodeError):
+    """A received run could not be turned into output objects (decode, inference, writing)."""
+
+
+class NotSegmentable(ProcessingError):
+    """A received object is kept but not segmented (dose report, unsupported image kind)."""
+
+
+class DeliveryError(NodeError):
+    """An output object could not be delivered to a destination (network, refusal)."""

@@ -1,0 +1,328 @@
+"""Processing one received run into output objects: decode -> model -> SEG (+ SR, GSPS, SC).
+
+The worker only knows the :class:`RunProcessor` protocol. :class:`ModelPipeline` is the real
+processor (the inference engine and the DICOM writers of :mod:`segmentation`);
+``processing.processor_factory`` can name another one (integrations, tests).
+
+Output UIDs are derived deterministically from the source SOP Instance UID, the model's
+fingerprint and the output kind, so a re-sent run yields the same SEG SOP Instance UID and the
+PACS replaces the object instead of storing a duplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pydicom
+from pydicom.uid import generate_uid
+
+from dicom_node.config import ProcessingConfig
+from dicom_node.errors import NodeConfigError, NotSegmentable, ProcessingError
+from dicom_node.spool import StoredInstance
+
+logger = logging.getLogger(__name__)
+
+#: Offset of each output kind's series number from ``processing.series_number``.
+SERIES_OFFSETS = {"seg": 0, "sr": 1, "gsps": 2, "sc": 3}
+ALGORITHM_NAME = "taviseg aortic root"
+
+
+@dataclass(frozen=True)
+class OutputObject:
+    """One object produced for a run: its kind (seg, sr, gsps, sc) and the data set."""
+
+    kind: str
+    dataset: pydicom.Dataset
+
+
+@runtime_checkable
+class RunProcessor(Protocol):
+    """Turns a spooled instance into output objects.
+
+    ``process`` raises :class:`NotSegmentable` for objects that are kept but not segmented and
+    :class:`ProcessingError` when processing fails; it must not keep state between runs.
+    """
+
+    name: str
+    version: str
+
+    def process(self, instance: StoredInstance) -> list[OutputObject]:
+        """Return the output objects of ``instance`` (at least the SEG)."""
+        ...
+
+
+def derive_uid(source_uid: str, model_version: str, purpose: str, root: str | None = None) -> str:
+    """A UID that depends only on its inputs (same run + model + purpose -> same UID).
+
+    Args:
+        source_uid: The source SOP (or Series) Instance UID.
+        model_version: Fingerprint of the model producing the object.
+        purpose: What the UID names (``"seg"``, ``"seg-series"``...).
+        root: UID root ending with '.' (None: pydicom's root).
+    """
+    return str(generate_uid(prefix=root or pydicom.uid.PYDICOM_ROOT_UID,
+                            entropy_srcs=[source_uid, model_version, purpose]))
+
+
+def assign_output_uids(
+    ds: pydicom.Dataset,
+    *,
+    source: pydicom.Dataset,
+    kind: str,
+    model_version: str,
+    uid_root: str | None,
+) -> None:
+    """Give an output data set its deterministic SOP Instance and Series Instance UIDs.
+
+    The series UID is derived from the source series, so all outputs of one kind for the runs
+    of one series form one derived series.
+    """
+    sop_uid = derive_uid(str(source.SOPInstanceUID), model_version, kind, uid_root)
+    series_uid = derive_uid(str(source.SeriesInstanceUID), model_version, f"{kind}-series", uid_root)
+    ds.SOPInstanceUID = sop_uid
+    ds.SeriesInstanceUID = series_uid
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and "MediaStorageSOPInstanceUID" in meta:
+        meta.MediaStorageSOPInstanceUID = sop_uid
+
+
+def model_fingerprint(folder: Path) -> str:
+    """Short SHA-256 over a model folder's config.json and weight files (the model version).
+
+    Raises:
+        NodeConfigError: the folder or its config.json is missing.
+    """
+    folder = Path(folder)
+    config = folder / "config.json"
+    if not config.is_file():
+        raise NodeConfigError(f"processing.model_folder {folder}: no config.json (not a model folder)")
+    h = hashlib.sha256()
+    for path in [config, *sorted(folder.glob("*.safetensors"))]:
+        h.update(path.name.encode())
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+class ModelPipeline:
+    """The real processor: InferenceEngine + the DICOM writers of :mod:`segmentation.dicom`.
+
+    Args:
+        cfg: Processing settings (model folder, device, batch size, output kinds...).
+        onnx_cache_dir: Where the engine caches ONNX exports (None: the user cache folder).
+
+    Raises:
+        NodeConfigError: no model folder configured, or it cannot be loaded.
+    """
+
+    name = ALGORITHM_NAME
+
+    def __init__(self, cfg: ProcessingConfig, *, onnx_cache_dir: Path | None = None) -> None:
+        if cfg.model_folder is None:
+            raise NodeConfigError(
+                "processing.model_folder is not set: point it at a model folder "
+                "(config.json + fold_<k>.safetensors, written by training or `taviseg model`)"
+            )
+        from segmentation.errors import SegmentationError
+        from segmentation.inference.engine import InferenceEngine
+
+        self.cfg = cfg
+        self.version = model_fingerprint(cfg.model_folder)
+        # highdicom warns about odd person names with the name in the message: keep patient
+        # names out of the logs (process-wide filter; the node owns its process).
+        warnings.filterwarnings(
+            "ignore", message=r".*unlikely to represent the intended person name", category=UserWarning
+        )
+        try:
+            self.engine = InferenceEngine.from_folder(
+                cfg.model_folder,
+                device=cfg.device,
+                backend=cfg.backend,
+                batch_size=cfg.batch_size,
+                folds=list(cfg.folds) if cfg.folds is not None else None,
+                tta=cfg.tta,
+                onnx_cache_dir=onnx_cache_dir,
+            )
+        except SegmentationError as exc:
+            raise NodeConfigError(f"processing.model_folder {cfg.model_folder}: {exc}") from exc
+        logger.info("model %s loaded (version %s)", cfg.model_folder, self.version)
+
+    def process(self, instance: StoredInstance) -> list[OutputObject]:
+        """Segment every frame of the run and build the configured output objects.
+
+        Raises:
+            NotSegmentable: not an image the model segments (dose SR, colour image...).
+            ProcessingError: decoding, inference or writing failed.
+        """
+        from segmentation.dicom.reader import open_run
+        from segmentation.dicom.sop_classes import InputKind, classify
+        from segmentation.errors import DicomDecodeError, SegmentationError, UnsupportedObjectError
+
+        try:
+            run = open_run(instance.path)
+            kind = classify(run.dataset)
+            if kind != InputKind.IMAGE:
+                raise NotSegmentable(f"instance {instance.sop_instance_uid} is {kind.value}, not segmented")
+            masks, confidence = self._predict(run)
+            return self._outputs(run, masks, confidence)
+        except UnsupportedObjectError as exc:
+            raise NotSegmentable(str(exc)) from exc
+        except DicomDecodeError as exc:
+            raise ProcessingError(f"cannot decode instance {instance.sop_instance_uid}: {exc}") from exc
+        except SegmentationError as exc:
+            raise ProcessingError(f"instance {instance.sop_instance_uid}: {exc}") from exc
+
+    def _predict(self, run: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (N, H, W) and confidences (N,) of every frame, ``chunk_frames`` at a time.
+
+        Frames that cannot be decoded keep an empty mask and confidence 0 (the reader logs
+        them); a run where no frame decodes raises ProcessingError.
+        """
+        n, rows, cols = run.number_of_frames, run.rows, run.columns
+        masks = np.zeros((n, rows, cols), dtype=bool)
+        confidence = np.zeros(n, dtype=np.float32)
+        chunk: list[np.ndarray] = []
+        indices: list[int] = []
+
+        def flush() -> None:
+            if chunk:
+                pred = self.engine.predict(np.stack(chunk), bits_stored=run.bits_stored)
+                masks[indices] = pred.masks
+                confidence[indices] = pred.confidence
+                chunk.clear()
+                indices.clear()
+
+        decoded = 0
+        for index, frame in run.iter_frames():
+            chunk.append(frame)
+            indices.append(index)
+            decoded += 1
+            if len(chunk) >= self.cfg.chunk_frames:
+                flush()
+        flush()
+        if decoded == 0:
+            raise ProcessingError(
+                f"instance {run.sop_instance_uid}: no frame could be decoded "
+                f"({len(run.failures)} failure(s), e.g. {next(iter(run.failures.values()), 'unknown')})"
+            )
+        if decoded < n:
+            logger.warning("instance %s: %d of %d frame(s) could not be decoded; their masks are empty",
+                           run.sop_instance_uid, n - decoded, n)
+        return masks, confidence
+
+    def _outputs(self, run: Any, masks: np.ndarray, confidence: np.ndarray) -> list[OutputObject]:
+        from segmentation.dicom.seg import build_segmentation
+
+        source = run.dataset
+        numbers = list(range(1, masks.shape[0] + 1))
+
+        def uids(kind: str) -> dict[str, str]:
+            return {
+                "sop_instance_uid": derive_uid(str(source.SOPInstanceUID), self.version, kind, self.cfg.uid_root),
+                "series_instance_uid": derive_uid(
+                    str(source.SeriesInstanceUID), self.version, f"{kind}-series", self.cfg.uid_root
+                ),
+            }
+
+        seg = build_segmentation(
+            source,
+            masks,
+            frame_numbers=numbers,
+            algorithm_name=ALGORITHM_NAME,
+            algorithm_version=self.version,
+            series_number=self.cfg.series_number + SERIES_OFFSETS["seg"],
+            series_description="AI aortic root segmentation",
+            **uids("seg"),
+        )
+        outputs = [OutputObject("seg", seg)]
+        if "sr" in self.cfg.outputs:
+            from segmentation.dicom.sr import build_measurement_report, measure_frames
+
+            sr = build_measurement_report(
+                source,
+                seg,
+                measure_frames(masks, numbers, confidence),
+                calibration=run.calibration,
+                algorithm_name=ALGORITHM_NAME,
+                algorithm_version=self.version,
+                series_number=self.cfg.series_number + SERIES_OFFSETS["sr"],
+                series_description="AI aortic root measurements",
+                **uids("sr"),
+            )
+            outputs.append(OutputObject("sr", sr))
+        if "gsps" in self.cfg.outputs:
+            from segmentation.dicom.overlay import build_presentation_state
+
+            gsps = build_presentation_state(
+                source,
+                masks,
+                frame_numbers=numbers,
+                algorithm_name=ALGORITHM_NAME,
+                algorithm_version=self.version,
+                series_number=self.cfg.series_number + SERIES_OFFSETS["gsps"],
+                series_description="AI aortic root outline",
+                **uids("gsps"),
+            )
+            outputs.append(OutputObject("gsps", gsps))
+        if "sc" in self.cfg.outputs:
+            from segmentation.dicom.overlay import build_burned_in_capture
+
+            sc = build_burned_in_capture(
+                source,
+                _frames_again(run),
+                masks,
+                frame_numbers=numbers,
+                algorithm_name=ALGORITHM_NAME,
+                algorithm_version=self.version,
+                series_number=self.cfg.series_number + SERIES_OFFSETS["sc"],
+                series_description="AI aortic root outline (burned in)",
+                bits_stored=run.bits_stored,
+                **uids("sc"),
+            )
+            outputs.append(OutputObject("sc", sc))
+        return outputs
+
+
+def _frames_again(run: Any) -> Iterator[np.ndarray]:
+    """Every frame of the run, decoded once more (a frame that fails is replaced by zeros)."""
+    from segmentation.errors import DicomDecodeError
+
+    for index in range(run.number_of_frames):
+        try:
+            yield run.read_frame(index)
+        except DicomDecodeError:
+            yield np.zeros((run.rows, run.columns), dtype=run.dtype)
+
+
+def load_processor(cfg: ProcessingConfig, *, onnx_cache_dir: Path | None = None) -> RunProcessor:
+    """The configured processor: ``processing.processor_factory(cfg)`` or :class:`ModelPipeline`.
+
+    Raises:
+        NodeConfigError: the factory cannot be imported or does not return a RunProcessor; the
+            model folder cannot be loaded.
+    """
+    if cfg.processor_factory is None:
+        return ModelPipeline(cfg, onnx_cache_dir=onnx_cache_dir)
+    module_name, func_name = cfg.processor_factory.split(":")
+    try:
+        factory: Callable[[ProcessingConfig], RunProcessor] = getattr(
+            importlib.import_module(module_name), func_name
+        )
+    except (ImportError, AttributeError) as exc:
+        raise NodeConfigError(f"processing.processor_factory {cfg.processor_factory!r}: {exc}") from exc
+    processor = factory(cfg)
+    if not isinstance(processor, RunProcessor):
+        raise NodeConfigError(
+            f"processing.processor_factory {cfg.processor_factory!r} returned "
+            f"{type(processor).__name__}, not a RunProcessor (name, version, process())"
+        )
+    return processor

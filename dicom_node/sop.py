@@ -1,0 +1,127 @@
+"""What the node accepts: storage SOP classes, transfer syntaxes, and how objects are routed.
+
+Images of the classes in :data:`IMAGE_SOP_CLASSES` are queued for segmentation. Every other
+storage SOP class (dose reports, presentation states, key objects...) is either kept without
+segmenting or refused at association (its presentation context is not accepted), depending on
+``other_objects`` in the configuration. Routing on SOP class alone is only the first step: the
+worker looks at the decoded header (e.g. Modality of a Secondary Capture) before segmenting.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AllStoragePresentationContexts
+
+logger = logging.getLogger(__name__)
+
+#: Image storage SOP classes the node segments (name -> UID).
+IMAGE_SOP_CLASSES: dict[str, str] = {
+    "X-Ray Angiographic Image Storage": "1.2.840.10008.5.1.4.1.1.12.1",
+    "Enhanced XA Image Storage": "1.2.840.10008.5.1.4.1.1.12.1.1",
+    "X-Ray Radiofluoroscopic Image Storage": "1.2.840.10008.5.1.4.1.1.12.2",
+    "Enhanced XRF Image Storage": "1.2.840.10008.5.1.4.1.1.12.2.1",
+    "Secondary Capture Image Storage": "1.2.840.10008.5.1.4.1.1.7",
+    "Multi-frame Grayscale Byte Secondary Capture Image Storage": "1.2.840.10008.5.1.4.1.1.7.2",
+    "Multi-frame Grayscale Word Secondary Capture Image Storage": "1.2.840.10008.5.1.4.1.1.7.3",
+}
+
+#: Transfer syntaxes accepted on every context, in the order the SCP prefers them.
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+)
+
+VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+
+
+class StoreStatus(enum.IntEnum):
+    """C-STORE response statuses the node answers with (PS3.4 B.2.3)."""
+
+    SUCCESS = 0x0000
+    #: The instance could not be made durable (disk error, free-space floor reached).
+    OUT_OF_RESOURCES = 0xA700
+    #: Refused, out of resources: the instance is larger than ``limits.max_instance_bytes``.
+    OUT_OF_RESOURCES_TOO_LARGE = 0xA701
+    #: Refused, out of resources: more frames than ``limits.max_frames``.
+    OUT_OF_RESOURCES_TOO_MANY_FRAMES = 0xA702
+    #: The data set does not match the SOP class (UIDs differ from the command, no image).
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    #: The data set cannot be parsed.
+    CANNOT_UNDERSTAND = 0xC210
+    #: Internal error while storing (a bug): never Success.
+    PROCESSING_FAILURE = 0x0110
+
+# DICOM UID syntax: digits and dots, <= 64 chars. Leading zeros in a component are invalid per
+# PS3.5 but common in the field; they are accepted because a UID never names a file here.
+_UID_SYNTAX = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: object) -> bool:
+    """True when ``value`` is a string with DICOM UID syntax (digits and dots, <= 64 chars)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_SYNTAX.match(value))
+
+
+def is_image_sop_class(sop_class_uid: str) -> bool:
+    """True for the SOP classes the node queues for segmentation."""
+    return sop_class_uid in IMAGE_SOP_CLASSES.values()
+
+
+def other_storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows that is not an image class we segment."""
+    images = set(IMAGE_SOP_CLASSES.values())
+    out = []
+    for cx in AllStoragePresentationContexts:
+        uid = str(cx.abstract_syntax)
+        if uid not in images and uid not in out:
+            out.append(uid)
+    return out
+
+
+def sop_class_name(uid: str) -> str:
+    """Readable name of a SOP class UID (the UID itself when pydicom does not know it)."""
+    name = UID(uid).name
+    return name or uid
+
+
+def accepted_sop_classes(other_objects: str) -> list[str]:
+    """SOP classes the SCP accepts for ``other_objects`` = ``"keep"`` or ``"refuse"``.
+
+    Raises:
+        ValueError: ``other_objects`` is neither.
+    """
+    if other_objects not in ("keep", "refuse"):
+        raise ValueError(f"other_objects {other_objects!r}: allowed 'keep', 'refuse'")
+    classes = list(IMAGE_SOP_CLASSES.values())
+    if other_objects == "keep":
+        classes += other_storage_sop_classes()
+    return classes

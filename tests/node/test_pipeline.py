@@ -1,0 +1,75 @@
+"""The model pipeline in-process: real engine + DICOM writers, deterministic output UIDs."""
+
+from __future__ import annotations
+
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+
+from dicom_node.config import ProcessingConfig
+from dicom_node.errors import NodeConfigError, NotSegmentable
+from dicom_node.pipeline import ModelPipeline, derive_uid, load_processor, model_fingerprint
+from dicom_node.spool import StoredInstance
+from tests.node.fakes import ThresholdProcessor
+from tests.node.support import make_xa
+
+
+def _stored(path, ds) -> StoredInstance:
+    return StoredInstance(id=1, path=path, kind="image", sop_instance_uid=str(ds.SOPInstanceUID),
+                          sop_class_uid=str(ds.SOPClassUID), study_instance_uid=str(ds.StudyInstanceUID),
+                          frames=int(ds.NumberOfFrames), size_bytes=path.stat().st_size)
+
+
+def test_derived_uids_are_deterministic_and_distinct():
+    a = derive_uid("1.2.3.4", "v1", "seg")
+    assert a == derive_uid("1.2.3.4", "v1", "seg")
+    assert len({a, derive_uid("1.2.3.4", "v2", "seg"), derive_uid("1.2.3.4", "v1", "sr"),
+                derive_uid("1.2.3.5", "v1", "seg")}) == 4
+    root = "1.2.826.0.1.3680043.10.54."
+    assert derive_uid("1.2.3.4", "v1", "seg", root=root).startswith(root)
+    assert len(a) <= 64
+
+
+def test_model_pipeline_outputs_all_kinds_with_stable_uids(tmp_path, tiny_model):
+    cfg = ProcessingConfig(model_folder=tiny_model, backend="eager", device="cpu",
+                           outputs=("seg", "sr", "gsps", "sc"), chunk_frames=2)
+    pipeline = ModelPipeline(cfg)
+    assert pipeline.version == model_fingerprint(tiny_model)
+    ds = make_xa(tmp_path / "run.dcm", frames=3, size=80)
+    first = pipeline.process(_stored(tmp_path / "run.dcm", ds))
+    second = pipeline.process(_stored(tmp_path / "run.dcm", ds))
+    assert [o.kind for o in first] == ["seg", "sr", "gsps", "sc"]
+    assert [str(o.dataset.SOPInstanceUID) for o in first] == [str(o.dataset.SOPInstanceUID) for o in second]
+    assert len({str(o.dataset.SeriesInstanceUID) for o in first}) == 4
+    for out in first:
+        buf = DicomBytesIO()
+        out.dataset.save_as(buf, enforce_file_format=True)
+        back = pydicom.dcmread(DicomBytesIO(buf.getvalue()))
+        assert back.StudyInstanceUID == ds.StudyInstanceUID
+    seg = first[0].dataset
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and int(seg.NumberOfFrames) == 3
+
+
+def test_model_pipeline_skips_non_projection_images(tmp_path, tiny_model):
+    pipeline = ModelPipeline(ProcessingConfig(model_folder=tiny_model, backend="eager", device="cpu"))
+    ds = make_xa(frames=1, size=32)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.Modality = "OT"  # a screenshot, not an angiogram
+    del ds.NumberOfFrames, ds.FrameIncrementPointer, ds.FrameTime
+    ds.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    stored = StoredInstance(id=2, path=tmp_path / "sc.dcm", kind="image", sop_instance_uid=str(ds.SOPInstanceUID),
+                            sop_class_uid=str(ds.SOPClassUID), study_instance_uid=str(ds.StudyInstanceUID),
+                            frames=1, size_bytes=1)
+    with pytest.raises(NotSegmentable):
+        pipeline.process(stored)
+
+
+def test_processor_loading_errors_are_config_errors(tmp_path):
+    with pytest.raises(NodeConfigError, match="model_folder is not set"):
+        load_processor(ProcessingConfig())
+    with pytest.raises(NodeConfigError, match="not a model folder"):
+        load_processor(ProcessingConfig(model_folder=tmp_path))
+    with pytest.raises(NodeConfigError, match="processor_factory"):
+        load_processor(ProcessingConfig(processor_factory="tests.node.nowhere:factory"))
+    assert isinstance(load_processor(ProcessingConfig(processor_factory="tests.node.fakes:threshold_processor")),
+                      ThresholdProcessor)
