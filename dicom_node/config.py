@@ -168,7 +168,7 @@ class MetricsConfig:
 
     enabled: bool = setting(True, doc="serve metrics over HTTP")
     bind_address: str = setting("127.0.0.1", doc="address of the metrics endpoint")
-    port: int = setting(9108, ge=1, le=65535, doc="port of the metrics endpoint")
+    port: int = setting(9108, ge=0, le=65535, doc="port of the metrics endpoint (0: any free port, written to the ready file)")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 NODE_AET = "TAVISEG"
 SENDER_AET = "DEMO-ANGIO"
 PACS_AET = "ORTHANC"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 class DemoError(TavisegError):
@@ -235,11 +236,25 @@ def _find_seg_in_pacs(pacs: OrthancServer, source_uid: str, seen: dict[str, byte
     return None
 
 
-def _find_seg_in_folder(folder: Path, source_uid: str) -> bytes | None:
-    for path in folder.rglob("*.dcm"):
-        data = path.read_bytes()
-        if b"1.2.840.10008.5.1.4.1.1.66.4" in data and source_uid.encode() in data:
-            return data
+def _find_seg_in_folder(folder: Path, source_uid: str, seen: dict[Path, str | None]) -> bytes | None:
+    """The SEG in ``folder`` whose source image is ``source_uid`` (headers read once per file)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for path in sorted(folder.rglob("*.dcm")):
+        if path not in seen:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError):
+                continue  # still being written by the folder destination: next poll
+            seen[path] = None
+            if ds.get("SOPClassUID") == SEG_SOP_CLASS:
+                refs = [str(inst.ReferencedSOPInstanceUID)
+                        for series in ds.get("ReferencedSeriesSequence", [])
+                        for inst in series.get("ReferencedInstanceSequence", [])]
+                seen[path] = refs[0] if refs else None
+        if seen[path] == source_uid:
+            return path.read_bytes()
     return None
 
 
@@ -382,14 +397,14 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
             summary.runs.append(result)
 
         logger.info("step 6/6: waiting for the SEG objects and scoring them")
-        seen: dict[str, bytes] = {}
+        seen: dict = {}
         deadline = time.monotonic() + cfg.result_timeout_s
         pending = {r.sop_instance_uid: r for r in summary.runs}
         gts = {r.sop_instance_uid: gt for r, (_f, gt) in zip(summary.runs, runs)}
         while pending and time.monotonic() < deadline:
             for uid, r in list(pending.items()):
                 data = (_find_seg_in_pacs(pacs, uid, seen) if pacs
-                        else _find_seg_in_folder(summary.output_folder, uid))
+                        else _find_seg_in_folder(summary.output_folder, uid, seen))
                 if data is None:
                     continue
                 r.seg_at = time.monotonic()
