@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -22,7 +21,6 @@ from segmentation.models.zoo import (
 
 def test_every_pair_builds_offline_with_paper_parameter_counts():
     """All 6 x 10 pairs build with encoder_weights=None; small encoders also run forward."""
-    t0 = time.perf_counter()
     counts = {}
     for arch in ARCHITECTURES:
         for enc in PAPER_ENCODERS + SMALL_ENCODERS:
@@ -39,7 +37,6 @@ def test_every_pair_builds_offline_with_paper_parameter_counts():
     assert round(counts[("pspnet", "se_resnext101_32x4d")] / 1e6, 2) == 47.69
     assert round(counts[("unetplusplus", "se_resnext101_32x4d")] / 1e6, 2) == 72.38
     assert round(counts[("linknet", "efficientnet-b4")] / 1e6, 2) == 17.86
-    assert time.perf_counter() - t0 < 120  # ~17 s on 2 idle cores
 
 
 def test_unknown_names_are_rejected_with_the_valid_ones():
