@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dicom_node.errors import JournalError
 
@@ -462,29 +463,20 @@ class Journal:
 
     def instances(self, *, states: Iterable[str] | None = None, limit: int = 100) -> list[InstanceRow]:
         """Most recent instance rows (optionally only some states), newest first."""
-        if states is None:
-            rows = self._query("SELECT * FROM instances ORDER BY id DESC LIMIT ?", (limit,))
-        else:
-            st = list(states)
-            marks = ",".join("?" * len(st))
-            rows = self._query(
-                f"SELECT * FROM instances WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?",
-                (*st, limit),
-            )
-        return [InstanceRow(**dict(r)) for r in rows]
+        return [InstanceRow(**r) for r in self._recent("instances", states, limit)]
 
     def outputs(self, *, states: Iterable[str] | None = None, limit: int = 100) -> list[OutboxRow]:
         """Most recent outbox rows (optionally only some states), newest first."""
-        if states is None:
-            rows = self._query("SELECT * FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
-        else:
-            st = list(states)
-            marks = ",".join("?" * len(st))
-            rows = self._query(
-                f"SELECT * FROM outbox WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?",
-                (*st, limit),
-            )
-        return [OutboxRow(**dict(r)) for r in rows]
+        return [OutboxRow(**r) for r in self._recent("outbox", states, limit)]
+
+    def _recent(self, table: Literal["instances", "outbox"], states: Iterable[str] | None,
+                limit: int) -> list[dict]:
+        where, params = "", ()
+        if states is not None:
+            params = tuple(states)
+            where = f" WHERE state IN ({','.join('?' * len(params))})"
+        rows = self._query(f"SELECT * FROM {table}{where} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [dict(r) for r in rows]
 
     def outputs_of(self, instance_id: int) -> list[OutboxRow]:
         """Outbox rows created for one instance."""
