@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from dicom_node.errors import JournalError, NodeError, NotSegmentable, ProcessingError, StorageError
+from dicom_node.isolation import ProcessingInterrupted
 from dicom_node.journal import InstanceRow, Journal
 from dicom_node.metrics import NodeMetrics
 from dicom_node.outbox import Outbox
@@ -158,6 +159,10 @@ class WorkerPool:
             files = sorted({r.file for r in rows})
             kinds = [o.kind for o in outputs]
             detail = f"{len(outputs)} output(s): {', '.join(kinds)}"
+        except ProcessingInterrupted:
+            logger.warning("instance #%d: processing interrupted by the shutdown; processed again at the next start",
+                           row.id)
+            return None
         except NotSegmentable as exc:
             state, detail = "skipped", str(exc)
         except (ProcessingError, StorageError) as exc:
