@@ -1,7 +1,8 @@
 """The running node: journal + spool + workers + outbox + delivery + SCP + metrics.
 
 Start-up order makes a restart after a crash safe: open the journal, clean the spool and the
-outbox, put interrupted runs back in the queue, load the processors (fail fast on a bad model),
+outbox, put interrupted runs back in the queue, load the processors, each in a processing
+process of its own (fail fast on a bad model; see :mod:`dicom_node.isolation`),
 start delivery and workers, then accept associations and write the ready file. Shutdown
 (SIGTERM/SIGINT) runs in reverse within ``shutdown_timeout_s``: stop accepting, let workers
 finish the run in hand, stop delivery; unfinished work stays in the journal for the next start.
@@ -21,10 +22,12 @@ import pydicom.config
 
 from dicom_node.config import NodeConfig
 from dicom_node.errors import NodeConfigError
+from dicom_node.isolation import IsolatedProcessor
 from dicom_node.journal import Journal
 from dicom_node.metrics import MetricsServer, NodeMetrics
 from dicom_node.outbox import Outbox
-from dicom_node.pipeline import RunProcessor, load_processor
+from dicom_node.process_settings import READING_VALIDATION
+from dicom_node.pipeline import RunProcessor
 from dicom_node.queue.worker import WorkerPool
 from dicom_node.scp import StorageSCP
 from dicom_node.sender import DeliveryLoop, DicomDestination, FolderDestination
@@ -55,7 +58,7 @@ class Node:
         self.workers: WorkerPool | None = None
         self.delivery: DeliveryLoop | None = None
         self.metrics_server: MetricsServer | None = None
-        self._saved_validation: int | None = None
+        self._isolated: list[IsolatedProcessor] = []
 
     def start(self) -> None:
         """Recover state, start every component and accept associations.
@@ -68,8 +71,7 @@ class Node:
         cfg = self.cfg
         # pydicom's reading validation warns with the offending value (a name, a birth date):
         # never let received values reach the logs (restored by stop()).
-        self._saved_validation = pydicom.config.settings.reading_validation_mode
-        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+        READING_VALIDATION.acquire(id(self), pydicom.config.IGNORE)
         ssl_ctx = server_context(cfg.tls) if cfg.tls.enabled else None
         self.journal = journal = Journal(cfg.journal_path)
         spool = Spool(cfg.spool_dir, journal, cfg.limits, keep_other=cfg.other_objects == "keep")
@@ -86,10 +88,14 @@ class Node:
         if requeued or failed:
             logger.warning("recovered %d interrupted run(s); %d failed after repeated interruptions",
                            len(requeued), len(failed))
-        processors = self._processors or [
-            load_processor(cfg.processing, onnx_cache_dir=cfg.state_dir / "onnx-cache")
-            for _ in range(cfg.processing.workers)
-        ]
+        if self._processors:
+            processors = self._processors
+        else:  # each worker's processor in its own process: a decoder crash fails a run, not the node
+            for _ in range(cfg.processing.workers):
+                self._isolated.append(
+                    IsolatedProcessor(cfg.processing, onnx_cache_dir=cfg.state_dir / "onnx-cache")
+                )
+            processors = list(self._isolated)
         logger.info("processor %s version %s, %d worker(s)", processors[0].name, processors[0].version, len(processors))
 
         self.delivery = DeliveryLoop(journal, outbox, destinations, cfg.delivery, self.metrics)
@@ -159,14 +165,15 @@ class Node:
             self.scp.stop(min(left(), 10.0))
         if self.workers is not None:
             self.workers.stop(left())
+        for processor in self._isolated:
+            processor.close(min(left(), 10.0))
         if self.delivery is not None:
             self.delivery.stop(left())
         if self.metrics_server is not None:
             self.metrics_server.stop()
         if self.journal is not None:
             self.journal.close()
-        if self._saved_validation is not None:
-            pydicom.config.settings.reading_validation_mode = self._saved_validation
+        READING_VALIDATION.release(id(self))
         logger.info("stopped")
 
 

@@ -228,3 +228,17 @@ def test_overlapping_nodes_restore_the_process_temp_folder(start_node):
     assert send(second.scp.port, [make_xa(seed=5)]) == [0x0000]
     second.stop()
     assert tempfile.tempdir == before
+
+
+def test_overlapping_nodes_restore_pydicom_validation(start_node):
+    """A node silences pydicom's reading validation (its warnings quote received values) while
+    it runs; overlapping nodes give the process its own mode back after the last one stops."""
+    import pydicom.config
+
+    before = pydicom.config.settings.reading_validation_mode
+    first, second = start_node(), start_node()
+    assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE
+    first.stop()
+    assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE
+    second.stop()
+    assert pydicom.config.settings.reading_validation_mode == before
