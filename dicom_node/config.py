@@ -100,6 +100,7 @@ class LimitsConfig:
     max_associations: int = setting(8, ge=1, le=256, doc="concurrent associations accepted")
     max_instance_bytes: int = setting(4 * GIB, ge=1024, doc="largest instance accepted (bytes)")
     max_frames: int = setting(5000, ge=1, doc="most frames in one instance")
+    max_frame_pixels: int = setting(4096 * 4096, ge=1, doc="largest Rows x Columns of a frame")
     min_free_bytes: int = setting(GIB, ge=0, doc="free-space floor on the spool's disk")
     max_pdu_size: int = setting(0, ge=0, doc="advertised max PDU (0: unlimited, fastest)")
     network_timeout_s: float = setting(60.0, gt=0, doc="idle network timeout")

@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -172,8 +172,8 @@ class ModelPipeline:
             kind = classify(run.dataset)
             if kind != InputKind.IMAGE:
                 raise NotSegmentable(f"instance {instance.sop_instance_uid} is {kind.value}, not segmented")
-            masks, confidence = self._predict(run)
-            return self._outputs(run, masks, confidence)
+            numbers, masks, confidence = self._predict(run)
+            return self._outputs(run, numbers, masks, confidence)
         except UnsupportedObjectError as exc:
             raise NotSegmentable(str(exc)) from exc
         except DicomDecodeError as exc:
@@ -181,49 +181,51 @@ class ModelPipeline:
         except SegmentationError as exc:
             raise ProcessingError(f"instance {instance.sop_instance_uid}: {exc}") from exc
 
-    def _predict(self, run: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Masks (N, H, W) and confidences (N,) of every frame, ``chunk_frames`` at a time.
+    def _predict(self, run: Any) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """Frame numbers (1-based), masks (N, H, W) and confidences (N,) of the decoded frames.
 
-        Frames that cannot be decoded keep an empty mask and confidence 0 (the reader logs
-        them); a run where no frame decodes raises ProcessingError.
+        Frames are decoded and segmented ``chunk_frames`` at a time. A frame that cannot be
+        decoded (corrupt, or missing from a run that declares more frames than it holds) is
+        logged by the reader and left out: the outputs reference only frames that were really
+        segmented, and a run declaring thousands of frames it lacks costs only what it holds.
+
+        Raises:
+            ProcessingError: no frame of the run could be decoded.
         """
-        n, rows, cols = run.number_of_frames, run.rows, run.columns
-        masks = np.zeros((n, rows, cols), dtype=bool)
-        confidence = np.zeros(n, dtype=np.float32)
+        n = run.number_of_frames
+        numbers: list[int] = []
+        masks: list[np.ndarray] = []
+        confidence: list[np.ndarray] = []
         chunk: list[np.ndarray] = []
-        indices: list[int] = []
 
         def flush() -> None:
             if chunk:
                 pred = self.engine.predict(np.stack(chunk), bits_stored=run.bits_stored)
-                masks[indices] = pred.masks
-                confidence[indices] = pred.confidence
+                masks.append(pred.masks.astype(bool, copy=False))
+                confidence.append(np.asarray(pred.confidence, np.float32))
                 chunk.clear()
-                indices.clear()
 
-        decoded = 0
         for index, frame in run.iter_frames():
             chunk.append(frame)
-            indices.append(index)
-            decoded += 1
+            numbers.append(index + 1)
             if len(chunk) >= self.cfg.chunk_frames:
                 flush()
         flush()
-        if decoded == 0:
+        if not numbers:
             raise ProcessingError(
                 f"instance {run.sop_instance_uid}: no frame could be decoded "
                 f"({len(run.failures)} failure(s), e.g. {next(iter(run.failures.values()), 'unknown')})"
             )
-        if decoded < n:
-            logger.warning("instance %s: %d of %d frame(s) could not be decoded; their masks are empty",
-                           run.sop_instance_uid, n - decoded, n)
-        return masks, confidence
+        if len(numbers) < n:
+            logger.warning("instance %s: %d of %d frame(s) could not be decoded; the outputs cover the other %d",
+                           run.sop_instance_uid, n - len(numbers), n, len(numbers))
+        return numbers, np.concatenate(masks), np.concatenate(confidence)
 
-    def _outputs(self, run: Any, masks: np.ndarray, confidence: np.ndarray) -> list[OutputObject]:
+    def _outputs(self, run: Any, numbers: list[int], masks: np.ndarray,
+                 confidence: np.ndarray) -> list[OutputObject]:
         from segmentation.dicom.seg import build_segmentation
 
         source = run.dataset
-        numbers = list(range(1, masks.shape[0] + 1))
 
         def uids(kind: str) -> dict[str, str]:
             return {
@@ -278,7 +280,7 @@ class ModelPipeline:
 
             sc = build_burned_in_capture(
                 source,
-                _frames_again(run),
+                _frames_again(run, numbers),
                 masks,
                 frame_numbers=numbers,
                 algorithm_name=ALGORITHM_NAME,
@@ -292,13 +294,13 @@ class ModelPipeline:
         return outputs
 
 
-def _frames_again(run: Any) -> Iterator[np.ndarray]:
-    """Every frame of the run, decoded once more (a frame that fails is replaced by zeros)."""
+def _frames_again(run: Any, numbers: Sequence[int]) -> Iterator[np.ndarray]:
+    """The frames ``numbers`` (1-based) of the run, decoded once more (zeros where one fails now)."""
     from segmentation.errors import DicomDecodeError
 
-    for index in range(run.number_of_frames):
+    for number in numbers:
         try:
-            yield run.read_frame(index)
+            yield run.read_frame(number - 1)
         except DicomDecodeError:
             yield np.zeros((run.rows, run.columns), dtype=run.dtype)
 

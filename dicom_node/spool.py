@@ -18,7 +18,9 @@ import errno
 import logging
 import os
 import shutil
+import struct
 import uuid
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,6 +194,11 @@ class Spool:
             raise InstanceRejected(f"SOP class {cmd_class} is not accepted (other_objects: refuse)", 0x0122)
         values = _check_header(header, cmd_class, cmd_instance, kind)
         frames = values["frames"]
+        if values["pixels"] > self.limits.max_frame_pixels:
+            raise InstanceRejected(
+                f"frames of {values['pixels']} pixels, limits.max_frame_pixels={self.limits.max_frame_pixels}",
+                StoreStatus.OUT_OF_RESOURCES_TOO_LARGE,
+            )
         if frames > self.limits.max_frames:
             raise InstanceRejected(
                 f"instance has {frames} frames, limits.max_frames={self.limits.max_frames}",
@@ -258,7 +265,11 @@ def _read_header(path: Path) -> pydicom.Dataset:
         for kw in _HEADER_TAGS:  # force the lazy values to decode now, inside the try
             ds.get(kw)
         return ds
-    except (InvalidDicomError, ValueError, TypeError, KeyError, IndexError, EOFError, OverflowError, OSError) as exc:
+    except (InvalidDicomError, ValueError, TypeError, LookupError, EOFError, OverflowError, OSError,
+            struct.error, AttributeError, NotImplementedError, RecursionError, zlib.error) as exc:
+        # NotImplementedError: pydicom meets an unknown VR (a flipped bit); RecursionError: sequences
+        # nested deeper than Python's recursion limit; zlib.error: a "deflated" data set that is not.
+        # They used to escape as 0x0110 "internal error".
         raise InstanceRejected(
             f"data set cannot be parsed: {type(exc).__name__}", StoreStatus.CANNOT_UNDERSTAND
         ) from exc
@@ -285,11 +296,12 @@ def _check_header(ds: pydicom.Dataset, cmd_class: str, cmd_instance: str, kind: 
     study, series = values["StudyInstanceUID"], values["SeriesInstanceUID"]
     if not study or not series:
         raise InstanceRejected("Study or Series Instance UID missing", mismatch)
-    frames = 1
+    frames, pixels = 1, 0
     if kind == "image":
         rows, cols = ds.get("Rows"), ds.get("Columns")
         if not isinstance(rows, int) or not isinstance(cols, int) or rows < 1 or cols < 1:
             raise InstanceRejected("image without valid Rows/Columns", mismatch)
+        pixels = rows * cols
         raw = ds.get("NumberOfFrames")
         try:
             frames = int(raw) if raw not in (None, "") else 1
@@ -297,4 +309,4 @@ def _check_header(ds: pydicom.Dataset, cmd_class: str, cmd_instance: str, kind: 
             raise InstanceRejected("NumberOfFrames is not a number", mismatch) from exc
         if frames < 1:
             raise InstanceRejected(f"NumberOfFrames {frames} is not positive", mismatch)
-    return {"study": study, "series": series, "frames": frames}
+    return {"study": study, "series": series, "frames": frames, "pixels": pixels}

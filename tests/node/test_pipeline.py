@@ -73,3 +73,23 @@ def test_processor_loading_errors_are_config_errors(tmp_path):
         load_processor(ProcessingConfig(processor_factory="tests.node.nowhere:factory"))
     assert isinstance(load_processor(ProcessingConfig(processor_factory="tests.node.fakes:threshold_processor")),
                       ThresholdProcessor)
+
+
+def test_run_declaring_more_frames_than_it_holds_covers_only_real_frames(tmp_path, tiny_model):
+    """A truncated cine (the header declares 500 frames, the Pixel Data holds 3): the frames that
+    exist are segmented, the outputs reference only them, and the missing ones cost nothing."""
+    cfg = ProcessingConfig(model_folder=tiny_model, backend="eager", device="cpu",
+                           outputs=("seg", "sr", "gsps", "sc"), chunk_frames=2)
+    ds = make_xa(frames=3, size=48)
+    ds.NumberOfFrames = 500
+    ds.save_as(tmp_path / "run.dcm", enforce_file_format=True)
+    stored = StoredInstance(id=3, path=tmp_path / "run.dcm", kind="image", sop_instance_uid=str(ds.SOPInstanceUID),
+                            sop_class_uid=str(ds.SOPClassUID), study_instance_uid=str(ds.StudyInstanceUID),
+                            frames=500, size_bytes=1)
+    outputs = {o.kind: o.dataset for o in ModelPipeline(cfg).process(stored)}
+    seg = outputs["seg"]
+    assert int(seg.NumberOfFrames) == 3
+    referenced = [int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                  for item in seg.PerFrameFunctionalGroupsSequence]
+    assert referenced == [1, 2, 3]
+    assert int(outputs["sc"].NumberOfFrames) == 3

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import struct
 
 import pydicom
 import pytest
+from pydicom.filewriter import write_file_meta_info
 
 from dicom_node.config import LimitsConfig
 from dicom_node.errors import InstanceRejected, StorageError
@@ -84,6 +87,45 @@ def test_garbage_is_cannot_understand(spool):
     assert info.value.status == StoreStatus.CANNOT_UNDERSTAND
 
 
+def _explicit_element(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in (b"SQ", b"OB", b"UN"):
+        return struct.pack("<HH", group, element) + vr + b"\x00\x00" + struct.pack("<L", len(value)) + value
+    return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
+
+
+@pytest.mark.parametrize("damage", ["unknown-vr", "deep-sequence", "not-deflated"])
+def test_unparseable_headers_are_cannot_understand_not_internal_errors(spool, damage):
+    """Regression (bench/reliability.py): a bit flip turning a VR into an unknown one ('UM') made
+    pydicom raise NotImplementedError, a private sequence nested 300 deep RecursionError, and a
+    File Meta claiming Deflated Explicit VR for a plain data set zlib.error; they escaped the
+    header check and were answered 0x0110 (internal error) instead of 0xC210."""
+    ds = make_xa(frames=2)
+    data = bytearray(open(_received(spool, ds), "rb").read())
+    if damage == "not-deflated":
+        meta_end = 144 + struct.unpack("<L", data[140:144])[0]
+        meta = pydicom.dcmread(io.BytesIO(bytes(data)), stop_before_pixels=True).file_meta
+        meta.TransferSyntaxUID = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian...
+        buf = io.BytesIO()
+        buf.write(bytes(data[:132]))
+        write_file_meta_info(buf, meta)
+        data = bytearray(buf.getvalue()) + data[meta_end:]  # ...for a data set that is not deflated
+    at = data.index(b"\x20\x00\x0d\x00UI")  # (0020,000D) Study Instance UID
+    if damage == "unknown-vr":
+        data[at + 4:at + 6] = b"UM"
+    elif damage == "deep-sequence":
+        nested = (b"\x09\x00\x01\x10SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff") * 300
+        nested += (b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") * 300
+        creator = _explicit_element(0x0009, 0x0010, b"LO", b"BENCH ")
+        end = data.index(b"\x10\x00\x10\x00PN")  # before (0010,0010): private group 0009 in tag order
+        data[end:end] = creator + nested
+    tmp = spool.incoming_dir / "damaged.dcm"
+    tmp.write_bytes(bytes(data))
+    with pytest.raises(InstanceRejected) as info:
+        _accept(spool, tmp, ds)
+    assert info.value.status == StoreStatus.CANNOT_UNDERSTAND
+    assert not tmp.exists()
+
+
 def test_size_limit_and_free_space_floor(spool):
     ds = make_xa(frames=2)
     spool.limits = dataclasses.replace(spool.limits, max_instance_bytes=1024)
@@ -94,6 +136,18 @@ def test_size_limit_and_free_space_floor(spool):
     with pytest.raises(StorageError, match="min_free_bytes"):
         _accept(spool, _received(spool, ds), ds)
     assert list(spool.instances_dir.iterdir()) == []
+
+
+def test_declared_frame_size_limit(spool):
+    """A header declaring frames bigger than limits.max_frame_pixels is refused before anything
+    is decoded or allocated (a 13-byte image may declare 65535 x 65535)."""
+    ds = make_xa(frames=1, size=64)
+    spool.limits = dataclasses.replace(spool.limits, max_frame_pixels=64 * 63)
+    with pytest.raises(InstanceRejected, match="max_frame_pixels") as info:
+        _accept(spool, _received(spool, ds), ds)
+    assert info.value.status == StoreStatus.OUT_OF_RESOURCES_TOO_LARGE
+    spool.limits = dataclasses.replace(spool.limits, max_frame_pixels=64 * 64)
+    assert _accept(spool, _received(spool, ds), ds).frames == 1
 
 
 def test_other_objects_kept_or_refused(spool):
