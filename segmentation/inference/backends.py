@@ -132,6 +132,9 @@ class OnnxBackend:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(threads) if threads > 0 else torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # idle workers sleep instead of spinning, leaving the cores to the engine's host threads
+        # (pre/post-processing overlapped with the model): measured ~2% more frames/s on 2 cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device is not None and device.type == "cuda":
             if "CUDAExecutionProvider" in ort.get_available_providers():

@@ -51,6 +51,9 @@ class InferenceConfig:
     channels_last: bool = setting(True, doc="channels-last memory format for the eager backends")
     threads: int = setting(0, ge=0, le=512, doc="CPU threads for torch/ONNX Runtime; 0 = default")
     onnx_cache_dir: Path | None = setting(None, doc="exported .onnx cache; null = user cache dir")
+    host_threads: int = setting(
+        2, ge=0, le=64, doc="threads that pre- and post-process frames while the model runs; 0 = none"
+    )
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
 

@@ -5,6 +5,12 @@ Pipeline per batch of frames: :func:`~segmentation.inference.preprocess.to_model
 sigmoid -> mean over folds (ensemble) and over the horizontally flipped copy (TTA) ->
 crop/resize back to each frame's original size -> post-processing -> confidence.
 
+The host-side steps run on ``host_threads`` worker threads while the model runs: the next
+batch is prepared and the previous batch's frames are restored and post-processed per frame
+in parallel (OpenCV and NumPy release the GIL), so on a GPU the CPU work of 1000x1000 frames
+does not cap the frame rate, and on a CPU it fills the gaps the backend leaves. At most
+``host_threads + 2`` batches are in flight; results keep the input order.
+
 Backends (``backend=``): ``"eager"`` PyTorch fp32; ``"bf16"`` PyTorch bf16 autocast;
 ``"onnx"`` ONNX Runtime fp32 (export cached, see :mod:`segmentation.inference.backends`);
 ``"auto"``: on a GPU eager with bf16 (or fp16) autocast, on a CPU ONNX Runtime, falling back to
@@ -16,7 +22,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +48,13 @@ from segmentation.inference.config import (
     default_onnx_cache_dir,
 )
 from segmentation.inference.postprocess import postprocess_mask
-from segmentation.inference.preprocess import FrameInput, as_frame_list, restore_probabilities, to_model_input
+from segmentation.inference.preprocess import (
+    FrameInput,
+    Geometry,
+    as_frame_list,
+    restore_probabilities,
+    to_model_input,
+)
 from segmentation.models.folder import ModelFolder, load_model_folder
 
 logger = logging.getLogger(__name__)
@@ -93,9 +107,13 @@ class InferenceEngine:
         tta: bool = False,
         postprocess: PostprocessConfig | None = None,
         confidence: ConfidenceConfig | None = None,
+        host_threads: int = 2,
     ) -> None:
         if batch_size < 1:
             raise InferenceError(f"batch_size must be >= 1, got {batch_size}")
+        if host_threads < 0:
+            raise InferenceError(f"host_threads must be >= 0, got {host_threads}")
+        self.host_threads = int(host_threads)
         self.folder = folder
         self.spec = folder.spec
         self.backends = backends
@@ -126,6 +144,7 @@ class InferenceEngine:
         channels_last: bool = True,
         threads: int = 0,
         onnx_cache_dir: str | Path | None = None,
+        host_threads: int = 2,
     ) -> "InferenceEngine":
         """Load a model folder and prepare one backend per selected fold.
 
@@ -141,6 +160,8 @@ class InferenceEngine:
             channels_last: Channels-last memory format for the eager backends.
             threads: CPU threads (0 = leave torch's setting; > 0 sets it process-wide).
             onnx_cache_dir: Where ONNX exports are cached (default: the user cache dir).
+            host_threads: Threads that pre- and post-process frames while the model runs
+                (0 = everything in the calling thread).
 
         Raises:
             ModelError: bad folder or unknown fold. InferenceError: unknown backend/device, or
@@ -166,7 +187,7 @@ class InferenceEngine:
         )
         return cls(
             mf, backends, device=dev, backend_name=name, batch_size=batch_size, tta=tta,
-            postprocess=postprocess, confidence=confidence,
+            postprocess=postprocess, confidence=confidence, host_threads=host_threads,
         )
 
     @classmethod
@@ -177,6 +198,7 @@ class InferenceEngine:
             folds=config.folds, tta=config.tta, postprocess=config.postprocess,
             confidence=config.confidence, channels_last=config.channels_last,
             threads=config.threads, onnx_cache_dir=config.onnx_cache_dir,
+            host_threads=config.host_threads,
         )
 
     @staticmethod
@@ -231,17 +253,56 @@ class InferenceEngine:
                 total += probs
         return total / np.float32(len(self.backends))
 
+    def _prepare(self, chunk: list[np.ndarray], bits_stored: int | None):
+        return to_model_input(
+            chunk, input_size=self.spec.input_size, padded_size=self.spec.padded_size,
+            in_channels=self.spec.in_channels, normalization=self.spec.normalization,
+            bits_stored=bits_stored,
+        )
+
+    def _finish(self, probabilities: np.ndarray, shape: tuple[int, int], keep: bool):
+        """One frame's network-size map -> (mask, confidence, map or None) at its original size."""
+        p = restore_probabilities(probabilities[None], Geometry(self.spec.input_size, self.spec.padded_size, (shape,)))[0]
+        mask = postprocess_mask(p, self.postprocess, default_threshold=self.spec.threshold)
+        conf = frame_confidence(p, mask, margin_fraction=self.confidence_config.margin_fraction)
+        return mask, conf, (p if keep else None)
+
     def iter_batches(self, frames: FrameInput, *, bits_stored: int | None = None) -> Iterator[list[np.ndarray]]:
         """Yield the original-size probability maps, one list per batch of ``batch_size`` frames."""
         items = as_frame_list(frames)
         for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            batch, geometry = to_model_input(
-                chunk, input_size=self.spec.input_size, padded_size=self.spec.padded_size,
-                in_channels=self.spec.in_channels, normalization=self.spec.normalization,
-                bits_stored=bits_stored,
-            )
+            batch, geometry = self._prepare(items[start:start + self.batch_size], bits_stored)
             yield restore_probabilities(self.probabilities_at_model_size(batch), geometry)
+
+    def _iter_results(self, items: list[np.ndarray], bits_stored: int | None, keep: bool):
+        """Per-frame ``(mask, confidence, map)`` in input order, host work overlapped with the model."""
+        chunks = [items[s:s + self.batch_size] for s in range(0, len(items), self.batch_size)]
+        if self.host_threads == 0:
+            for chunk in chunks:
+                batch, geometry = self._prepare(chunk, bits_stored)
+                probs = self.probabilities_at_model_size(batch)
+                for m, shape in zip(probs, geometry.original_shapes):
+                    yield self._finish(m, shape, keep)
+            return
+        with ThreadPoolExecutor(self.host_threads, thread_name_prefix="taviseg-host") as pool:
+            pending: deque[list[Future]] = deque()
+            prepared = pool.submit(self._prepare, chunks[0], bits_stored) if chunks else None
+            try:
+                for i in range(len(chunks)):
+                    batch, geometry = prepared.result()
+                    prepared = pool.submit(self._prepare, chunks[i + 1], bits_stored) if i + 1 < len(chunks) else None
+                    probs = self.probabilities_at_model_size(batch)
+                    pending.append([pool.submit(self._finish, m, shape, keep)
+                                    for m, shape in zip(probs, geometry.original_shapes)])
+                    while len(pending) > self.host_threads + 1:  # bound the batches in flight
+                        for fut in pending.popleft():
+                            yield fut.result()
+                while pending:
+                    for fut in pending.popleft():
+                        yield fut.result()
+            finally:
+                for fut in [f for batch_futs in pending for f in batch_futs] + ([prepared] if prepared else []):
+                    fut.cancel()
 
     def predict(
         self,
@@ -267,13 +328,11 @@ class InferenceEngine:
         masks: list[np.ndarray] = []
         probs_out: list[np.ndarray] = []
         conf: list[float] = []
-        for maps in self.iter_batches(frames, bits_stored=bits_stored):
-            for p in maps:
-                mask = postprocess_mask(p, self.postprocess, default_threshold=self.spec.threshold)
-                masks.append(mask)
-                conf.append(frame_confidence(p, mask, margin_fraction=self.confidence_config.margin_fraction))
-                if return_probabilities:
-                    probs_out.append(p)
+        for mask, c, p in self._iter_results(as_frame_list(frames), bits_stored, return_probabilities):
+            masks.append(mask)
+            conf.append(c)
+            if return_probabilities:
+                probs_out.append(p)
         confidence = np.asarray(conf, np.float32)
         return Prediction(
             masks=_stack(masks) if masks else np.zeros((0, 0, 0), bool),

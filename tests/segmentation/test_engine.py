@@ -112,3 +112,28 @@ def test_any_size_and_bit_depth(linknet_folder):
     assert pred.low_confidence.shape == (3,)
     with pytest.raises(InferenceError, match="expected a non-empty 2-D array"):
         engine.predict([np.zeros((4, 4, 3), np.uint8)])
+
+
+def test_host_threads_give_the_serial_results_in_input_order(linknet_folder):
+    """Pre/post-processing on worker threads: same masks, maps and confidences, same order."""
+    sizes = [(80, 60), (50, 130), (64, 64), (90, 70), (40, 40), (72, 100), (64, 48)]
+    frames = [smooth_frames(1, h, w, seed=10 + i)[0] for i, (h, w) in enumerate(sizes)]
+    serial = InferenceEngine.from_folder(linknet_folder, backend="eager", batch_size=2, host_threads=0)
+    threaded = InferenceEngine.from_folder(linknet_folder, backend="eager", batch_size=2, host_threads=3)
+    a = serial.predict(frames, return_probabilities=True)
+    b = threaded.predict(frames, return_probabilities=True)
+    assert [m.shape for m in b.masks] == sizes
+    for ma, mb, pa, pb in zip(a.masks, b.masks, a.probabilities, b.probabilities):
+        assert np.array_equal(ma, mb) and np.array_equal(pa, pb)
+    assert np.array_equal(a.confidence, b.confidence)
+    assert threaded.predict([]).confidence.shape == (0,)
+
+
+def test_host_thread_errors_reach_the_caller(linknet_folder):
+    engine = InferenceEngine.from_folder(linknet_folder, backend="eager", batch_size=2, host_threads=2)
+    good = smooth_frames(3, 64, 64, seed=20)
+    bad = np.zeros((8, 8), np.complex64)  # rejected while the batch is prepared, on a worker
+    with pytest.raises(InferenceError, match="unsupported frame dtype complex64"):
+        engine.predict([good[0], good[1], good[2], bad])
+    with pytest.raises(InferenceError, match="host_threads must be >= 0"):
+        InferenceEngine.from_folder(linknet_folder, backend="eager", host_threads=-1)
