@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import training  # noqa: F401  (first: turns off Albumentations' version check over the network)
+
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: scripts/test.sh has just installed every peer: a missing one is then a failure, not a skip.

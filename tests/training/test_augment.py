@@ -8,6 +8,8 @@ recovered by least squares and compared with the paper's parameter ranges.
 from __future__ import annotations
 
 import copy
+import json
+import os
 import math
 import warnings
 
@@ -264,3 +266,28 @@ def test_disabled_augmentation_is_the_eval_transform():
     a = build_train_transform(64, cfg)(image=image)["image"]
     b = build_eval_transform(64)(image=image)["image"]
     assert np.array_equal(a, b) and a.shape == (64, 64)
+
+
+def test_importing_the_pipeline_makes_no_network_request():
+    """Albumentations' import-time PyPI version check is off (no downloads at run time)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    spy = ("import json, urllib.request\n"
+           "calls = []\n"
+           "def _open(self, url, *a, **k):\n"
+           "    calls.append(str(getattr(url, 'full_url', url)))\n"
+           "    raise OSError('network blocked by the test')\n"
+           "urllib.request.OpenerDirector.open = _open\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+
+    def urls_opened(imports: str) -> list[str]:
+        proc = subprocess.run([sys.executable, "-c", spy + imports + "\nprint(json.dumps(calls))"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert any("pypi.org" in u for u in urls_opened("import albumentations")), "the spy sees the check"
+    assert urls_opened("import training.augment") == []
