@@ -16,12 +16,18 @@ both). Prints ONE summary line on stdout (medians; MB = 10**6 bytes), e.g.::
     receive 100 frames 1000x1000 (100 MB) x5: node 239 MB/s, storescp 299 MB/s, ratio 0.80x
 
 and the per-send times, best figures and the node's store-handler time on stderr. Below 1.0x
-the gap is the node's receive path itself: pynetdicom's pure-Python DUL costs about 0.27 s of
-CPU per 100 MB here (4 KiB socket reads, several copies of each PDU), where storescp is C; the
-fsync, overlapped with the transfer by :class:`dicom_node.scp.EarlyWriteback`, leaves about
-0.02 s in the C-STORE handler.
+the gap is durability, not pynetdicom: with ``--decompose`` (2 cores here) pynetdicom alone with
+the node's settings receives at 0.94-1.24x storescp when it answers without an fsync, and at
+0.62-0.82x when it fsyncs before answering; the node, whose fsync is mostly overlapped with the
+transfer by :class:`dicom_node.scp.EarlyWriteback`, sits between the two. storescp never
+fsyncs, so the bytes it has acknowledged may still be only in the page cache.
 
-    .venv/bin/python bench/receive.py [--frames 100] [--size 1000] [--repeats 5]
+    .venv/bin/python bench/receive.py [--frames 100] [--size 1000] [--repeats 5] [--decompose]
+
+``--decompose`` adds, interleaved with the others, pynetdicom alone with the node's receive
+settings (unlimited max PDU, chunked to a file) answering Success without an fsync ("bare") and
+after one ("bare+fsync"), and prints each receiver's median against storescp on stderr: where
+the gap is pynetdicom and where it is durability.
 
 About 15 s with the defaults on 2 busy cores (phantom generation included).
 """
@@ -193,6 +199,59 @@ class StoreScp:
                 self.proc.wait(timeout=10)
 
 
+class BareScp:
+    """pynetdicom alone, configured as the node receives (``--decompose``): unlimited max PDU,
+    chunked data sets written straight to a file; then, with ``fsync`` on, the file is fsynced
+    before Success (what durability costs), else nothing (pynetdicom's own receive speed)."""
+
+    def __init__(self, folder: Path) -> None:
+        from pynetdicom import AE, _config, evt
+        from pynetdicom.sop_class import Verification, XRayAngiographicImageStorage
+
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fsync = False
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(folder)  # pynetdicom writes the chunked data set with tempfile
+        ae = AE("BARE")
+        ae.maximum_pdu_size = 0
+        ae.add_supported_context(XRayAngiographicImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.add_supported_context(Verification)
+        self.port = free_port_here()
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+
+    def _on_store(self, event) -> int:
+        path = Path(event.dataset_path)
+        if self.fsync:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(path, self.folder / "received.dcm")
+        return 0x0000
+
+    def received(self) -> list[Path]:
+        """Files kept so far."""
+        return [p for p in self.folder.iterdir() if p.is_file()]
+
+    def stop(self) -> None:
+        """Shut the server down and restore the process-wide settings."""
+        from pynetdicom import _config
+
+        self.server.shutdown()
+        _config.STORE_RECV_CHUNKED_DATASET = False
+        tempfile.tempdir = None
+
+
+def free_port_here() -> int:
+    """A free loopback TCP port."""
+    from taviseg.orthanc import free_port
+
+    return free_port()
+
+
 def node_store_seconds(metrics_port: int) -> tuple[float, int]:
     """(sum, count) of the node's C-STORE handler histogram (durable store, after the data arrived)."""
     import urllib.request
@@ -215,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1000, help="rows = columns (default 1000)")
     parser.add_argument("--repeats", type=int, default=5, help="sends to each receiver (default 5)")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
+    parser.add_argument("--decompose", action="store_true",
+                        help="also time bare pynetdicom (node settings) without and with fsync (stderr)")
     parser.add_argument("-v", "--verbose", action="store_true", help="INFO diagnostics on stderr")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.repeats < 1 or args.size < 64:
@@ -236,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
     scp: StoreScp | None = None
     node: NodeProcess | None = None
+    bare: BareScp | None = None
     try:
         path = work / "run.dcm"
         t0 = time.perf_counter()
@@ -249,19 +311,26 @@ def main(argv: list[str] | None = None) -> int:
                           metrics={"enabled": True, "port": 0})
         node = NodeProcess(write_config(work / "node.yaml", cfg)).start(timeout=READY_TIMEOUT_S)
         metrics_port = int(json.loads(node.ready_file.read_text())["metrics_port"])
+        targets = ["storescp", "node"]
+        if args.decompose:
+            bare = BareScp(work / "bare")
+            targets += ["bare", "bare+fsync"]
 
         def settle() -> None:
-            for p in scp.received():
+            for p in scp.received() + (bare.received() if bare else []):
                 p.unlink()
             os.sync()
 
-        times: dict[str, list[float]] = {"node": [], "storescp": []}
+        times: dict[str, list[float]] = {t: [] for t in targets}
         handler: list[float] = []
         for i in range(args.repeats):
-            order = ("storescp", "node") if i % 2 == 0 else ("node", "storescp")
+            order = targets if i % 2 == 0 else targets[::-1]
             for target in order:
                 settle()
-                if target == "storescp":
+                if target.startswith("bare"):
+                    bare.fsync = target == "bare+fsync"
+                    elapsed = send_file(path, bare.port, "BARE")
+                elif target == "storescp":
                     elapsed = send_file(path, scp.port, "STORESCP")
                     if len(scp.received()) != 1:
                         raise BenchError(f"storescp answered Success but wrote {len(scp.received())} file(s)")
@@ -280,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             node.terminate()
         if scp is not None:
             scp.stop()
+        if bare is not None:
+            bare.stop()
         if tmp is not None:
             tmp.cleanup()
 
@@ -290,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                 "(header check, fsync, rename, journal) median %.3f s of median send %.3f s",
                 best["node"], best["storescp"], best["node"] / best["storescp"],
                 statistics.median(handler), statistics.median(times["node"]))
+    if args.decompose:
+        print("decomposition (medians): " + ", ".join(
+            f"{k} {fmt(v)} MB/s ({v / med['storescp']:.2f}x)" for k, v in med.items()), file=sys.stderr)
     print(f"receive {args.frames} frames {args.size}x{args.size} ({fmt(mb)} MB) x{args.repeats}: "
           f"node {fmt(med['node'])} MB/s, storescp {fmt(med['storescp'])} MB/s, "
           f"ratio {med['node'] / med['storescp']:.2f}x")

@@ -27,20 +27,20 @@ RECEIVE_LINE = re.compile(
 )
 
 
-def _run_bench(script: str, *args: str, timeout: float) -> str:
-    """Run ``bench/<script>``; its stdout, which must be exactly one line."""
+def _run_bench(script: str, *args: str, timeout: float) -> tuple[str, str]:
+    """Run ``bench/<script>``; (its stdout, which must be exactly one line, its stderr)."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, f"{script} printed {len(lines)} lines on stdout:\n{proc.stdout}"
-    return lines[0]
+    return lines[0], proc.stderr
 
 
 def test_node_e2e_bench_prints_one_summary_line():
     for tool in ("storescu", "Orthanc"):
         require_tool(tool)
-    line = _run_bench("node_e2e.py", "--frames", "4", "--size", "128", "--arch", "linknet",
+    line, _ = _run_bench("node_e2e.py", "--frames", "4", "--size", "128", "--arch", "linknet",
                       "--encoder", "resnet18", "--input-size", "64", "--batch", "2", "--device", "cpu",
                       "--repeats", "1", timeout=600)
     match = E2E_LINE.match(line)
@@ -54,8 +54,13 @@ def test_node_e2e_bench_prints_one_summary_line():
 def test_receive_bench_prints_one_summary_line():
     for tool in ("storescu", "storescp", "echoscu"):
         require_tool(tool)
-    line = _run_bench("receive.py", "--frames", "5", "--size", "256", "--repeats", "1", timeout=300)
+    line, err = _run_bench("receive.py", "--frames", "5", "--size", "256", "--repeats", "1", "--decompose",
+                           timeout=300)
     match = RECEIVE_LINE.match(line)
     assert match, f"unexpected summary line: {line!r}"
     size_mb, node, storescp, ratio = (float(v) for v in match.groups())
     assert size_mb > 0 and node > 0 and storescp > 0 and ratio > 0, line
+    parts = re.search(r"decomposition \(medians\): (.*)", err)
+    assert parts, err[-2000:]
+    receivers = [p.split(" ")[0] for p in parts.group(1).split(", ")]
+    assert receivers == ["storescp", "node", "bare", "bare+fsync"], parts.group(0)

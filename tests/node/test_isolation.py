@@ -1,7 +1,7 @@
 """Processing in a child process (dicom_node/isolation.py): a native crash while processing a
 run fails that run with the reason; the node keeps answering and processes the next runs.
 
-Regression of a crash found by bench/reliability.py: a JPEG-LS XA run whose Rows is one more
+Regression of a crash found by bench.reliability: a JPEG-LS XA run whose Rows is one more
 than its codestream's makes GDCM throw a C++ exception through its Python binding, which ends
 in std::terminate (SIGABRT). That used to kill the node process itself, and again at every
 restart until the journal failed the run after three interruptions.

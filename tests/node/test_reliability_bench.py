@@ -1,4 +1,4 @@
-"""bench/reliability.py in --quick mode: every scenario runs against real peers and its summary
+"""``python -m bench.reliability --quick``: every scenario runs against real peers and its summary
 line shows no crash, nothing lost, nothing duplicated, every bad input answered correctly."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _number(pattern: str, line: str) -> int:
 def test_reliability_bench_quick_shows_no_crash_no_loss_no_duplicate(tmp_path, samples_dir):
     require_tool("Orthanc")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "reliability.py"), "--quick", "--workdir", str(tmp_path / "bench")],
+        [sys.executable, "-m", "bench.reliability", "--quick", "--workdir", str(tmp_path / "bench")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     lines = proc.stdout.strip().splitlines()

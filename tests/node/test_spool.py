@@ -95,7 +95,7 @@ def _explicit_element(group: int, element: int, vr: bytes, value: bytes) -> byte
 
 @pytest.mark.parametrize("damage", ["unknown-vr", "deep-sequence", "not-deflated"])
 def test_unparseable_headers_are_cannot_understand_not_internal_errors(spool, damage):
-    """Regression (bench/reliability.py): a bit flip turning a VR into an unknown one ('UM') made
+    """Regression (bench.reliability): a bit flip turning a VR into an unknown one ('UM') made
     pydicom raise NotImplementedError, a private sequence nested 300 deep RecursionError, and a
     File Meta claiming Deflated Explicit VR for a plain data set zlib.error; they escaped the
     header check and were answered 0x0110 (internal error) instead of 0xC210."""
