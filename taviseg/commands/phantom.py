@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from taviseg.config import from_dict, to_dict
     from training.phantom import generate_cohort, load_phantom_preset
     from training.phantom.config import PRESETS_FILE, PhantomConfig
+    from training.phantom.stats import describe
 
     config = load_phantom_preset(args.preset, path=args.presets_file or PRESETS_FILE)
     overrides = {k: v for k, v in (("seed", args.seed), ("patients", args.patients), ("size", args.size))
@@ -62,5 +63,7 @@ def run(args: argparse.Namespace) -> int:
           f"{config.size}x{config.size} px ({config.pixel_spacing_mm:.6g} mm/px), seed {config.seed}; stages "
           + ", ".join(f"{k} {v}" for k, v in stages.items())
           + ("; DICOM XA runs in " + str(out / "dicom") if args.dicom else ""))
+    stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
+    print(f"image statistics, median (5th-95th percentile) of {stats['measured']}: {describe(stats['summary'])}")
     return 0
 

@@ -11,6 +11,7 @@ import pytest
 from taviseg.cli import main
 from training.dataset.format import Dataset
 from training.phantom.contact_sheet import OUTLINE_BGR, make_contact_sheet
+from training.phantom.stats import frame_stats, summarize
 
 
 def test_cli_tiny_preset(tmp_path, capsys) -> None:
@@ -26,6 +27,19 @@ def test_cli_tiny_preset(tmp_path, capsys) -> None:
     assert len(list((out / "dicom").glob("*/*.dcm"))) == 4
     sheet = cv2.imread(str(out / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] >= 256
+    # stats.json: the statistics of each run's middle frame, as measured again from the written PNGs
+    stats = json.loads((out / "stats.json").read_text())
+    middles = []
+    for pid in data.patients:
+        records = sorted((r for r in data.records if r.patient_id == pid), key=lambda r: r.frame_index)
+        mid = records[len(records) // 2]
+        middles.append(frame_stats(Dataset.read_image(mid), Dataset.read_mask(mid), mid.spacing_mm[0]))
+    again = summarize(middles)
+    assert stats["summary"].keys() == again.keys() and "the 4 runs" in stats["measured"]
+    for name, values in again.items():
+        assert stats["summary"][name] == pytest.approx(values, rel=1e-5), name  # spacing as written in the manifest
+    assert 110 <= stats["summary"]["mean"]["median"] <= 150 and stats["real_tavi_ranges"]["mean"] == [110, 150]
+    assert f"mean {again['mean']['median']:.0f} (" in printed and "leaving the field at the top in" in printed
     # refuses to overwrite without --overwrite; unknown preset -> exit 1 with the valid names
     assert main(["phantom", "--preset", "tiny", "--out", str(out), "--no-progress"]) == 1
     assert main(["phantom", "--preset", "huge", "--out", str(tmp_path / "x"), "--no-progress"]) == 1

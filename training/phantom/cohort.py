@@ -25,6 +25,7 @@ from training.phantom.case import sample_patient, sample_run, stages_for_patient
 from training.phantom.config import PhantomConfig
 from training.phantom.contact_sheet import make_contact_sheet, make_tile
 from training.phantom.imaging import build_scene
+from training.phantom.stats import REAL_TAVI_RANGES, describe, frame_stats, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def _clear_cohort(out: Path) -> None:
     for name in ("images", "masks", "dicom"):
         if (out / name).is_dir():
             shutil.rmtree(out / name)
-    for name in ("runs.json", "contact_sheet.png", "manifest.csv", "dataset.json", "splits.json"):
+    for name in ("runs.json", "stats.json", "contact_sheet.png", "manifest.csv", "dataset.json", "splits.json"):
         (out / name).unlink(missing_ok=True)
     logger.info("cleared the previous cohort in %s", out)
 
@@ -176,6 +177,7 @@ def generate_cohort(out_dir: str | Path, config: PhantomConfig, *, progress: boo
     tiles: list[tuple[np.ndarray, None, str]] = []
     tile_every = max(1, (config.patients * config.runs_per_patient) // CONTACT_SHEET_TILES)
     runs_meta = []
+    measured = []  # image statistics of each run's middle frame (stats.json)
     started = time.perf_counter()
     bar = tqdm(total=total, unit="frame", desc=f"phantom {config.name}", disable=not progress)
     try:
@@ -193,8 +195,9 @@ def generate_cohort(out_dir: str | Path, config: PhantomConfig, *, progress: boo
                     write_run_with_ground_truth(out / "dicom" / pid / f"{rid}.dcm", run, patient_id=pid,
                                                 study_uid=study_uid_for(config.seed, seed), series_number=r + 1)
                 runs_meta.append({"patient_id": pid, "run_id": rid, "frames": len(run.frames), **run.meta})
+                mid = len(run.frames) // 2
+                measured.append(frame_stats(run.frames[mid], run.masks[mid], float(run.spacing_mm[0])))
                 if contact_sheet and run_counter % tile_every == 0 and len(tiles) < CONTACT_SHEET_TILES:
-                    mid = len(run.frames) // 2
                     label = f"{pid} {rid} {run.stage[:4]} {run.meta['difficulty']}"
                     tiles.append((make_tile(run.frames[mid], run.masks[mid], label), None, ""))
                 run_counter += 1
@@ -203,6 +206,12 @@ def generate_cohort(out_dir: str | Path, config: PhantomConfig, *, progress: boo
         bar.close()
     writer.close()
     (out / "runs.json").write_text(json.dumps(runs_meta, indent=1) + "\n", encoding="utf-8")
+    summary = summarize(measured)
+    (out / "stats.json").write_text(json.dumps({
+        "measured": f"the middle frame of each of the {len(measured)} runs",
+        "summary": summary, "real_tavi_ranges": REAL_TAVI_RANGES,
+    }, indent=1) + "\n", encoding="utf-8")
+    logger.info("phantom image statistics: %s", describe(summary))
     if contact_sheet and tiles:
         make_contact_sheet(tiles, out / "contact_sheet.png")
     logger.info("phantom cohort %s: %d patients, %d runs, %d frames at %d px in %.1f s", out, config.patients,

@@ -19,6 +19,17 @@ logger = logging.getLogger(__name__)
 #: Width of the ring around the mask used as "surroundings" (mm).
 RING_MM = 8.0
 
+#: Where real TAVI frames lie, measured at 1024x1024 (the ranges the phantom is built to land in;
+#: BENCHMARK_SPEC.md gives the typical values inside them): field -> (low, high).
+REAL_TAVI_RANGES: dict[str, tuple[float, float]] = {
+    "mean": (110.0, 150.0),
+    "std": (25.0, 45.0),
+    "contrast": (15.0, 40.0),
+    "area_fraction": (0.05, 0.15),
+    "centroid_row_fraction": (0.0, 0.5),
+    "width_mm": (40.0, 90.0),
+}
+
 
 @dataclass(frozen=True)
 class FrameStats:
@@ -84,4 +95,24 @@ def summarize(stats: Iterable[FrameStats]) -> dict[str, dict[str, float]]:
             continue
         out[name] = {"median": float(np.median(values)), "p5": float(np.percentile(values, 5)),
                      "p95": float(np.percentile(values, 95))}
+        if name == "touches_top":
+            out[name]["fraction"] = float(values.mean())
     return out
+
+
+def describe(summary: dict[str, dict[str, float]]) -> str:
+    """One line: each field's median (5th-95th percentile) and the real frames' range beside it."""
+    labels = {"mean": ("mean", "{:.0f}"), "std": ("std", "{:.0f}"), "contrast": ("root darker by", "{:.0f}"),
+              "area_fraction": ("root area", "{:.1%}"), "centroid_row_fraction": ("root centre row", "{:.2f}"),
+              "width_mm": ("width mm", "{:.0f}")}
+    parts = []
+    for name, (label, form) in labels.items():
+        if name not in summary:
+            continue
+        v = summary[name]
+        lo, hi = REAL_TAVI_RANGES[name]
+        parts.append(f"{label} {form.format(v['median'])} ({form.format(v['p5'])}-{form.format(v['p95'])}; "
+                     f"real {form.format(lo)}-{form.format(hi)})")
+    if "touches_top" in summary:
+        parts.append(f"leaving the field at the top in {summary['touches_top']['fraction']:.0%} of frames")
+    return "; ".join(parts)
