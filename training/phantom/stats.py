@@ -111,8 +111,8 @@ def describe(summary: dict[str, dict[str, float]]) -> str:
             continue
         v = summary[name]
         lo, hi = REAL_TAVI_RANGES[name]
-        parts.append(f"{label} {form.format(v['median'])} ({form.format(v['p5'])}-{form.format(v['p95'])}; "
-                     f"real {form.format(lo)}-{form.format(hi)})")
+        real = f"real < {hi:.2f}, the upper half" if lo == 0 else f"real {form.format(lo)}-{form.format(hi)}"
+        parts.append(f"{label} {form.format(v['median'])} ({form.format(v['p5'])}-{form.format(v['p95'])}; {real})")
     if "touches_top" in summary:
         parts.append(f"leaving the field at the top in {summary['touches_top']['fraction']:.0%} of frames")
     return "; ".join(parts)
