@@ -54,7 +54,7 @@ if str(REPO) not in sys.path:
 from dicom_node.config import ProcessingConfig  # noqa: E402
 from dicom_node.errors import NotSegmentable  # noqa: E402
 from dicom_node.pipeline import OutputObject  # noqa: E402
-from dicom_node.spool import StoredInstance  # noqa: E402
+from dicom_node.spool import StoredInstance, fsync_file  # noqa: E402
 
 logger = logging.getLogger("bench.receive")
 
@@ -205,30 +205,30 @@ class BareScp:
     before Success (what durability costs), else nothing (pynetdicom's own receive speed)."""
 
     def __init__(self, folder: Path) -> None:
-        from pynetdicom import AE, _config, evt
+        from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification, XRayAngiographicImageStorage
+
+        from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
+        from taviseg.orthanc import free_port
 
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fsync = False
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(folder)  # pynetdicom writes the chunked data set with tempfile
+        # the node's own process-wide switches: chunked receive into this folder's temp files
+        RECEIVE_TO_DISK.acquire(id(self), True)
+        TEMP_FOLDER.acquire(id(self), str(folder))
         ae = AE("BARE")
         ae.maximum_pdu_size = 0
         ae.add_supported_context(XRayAngiographicImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
         ae.add_supported_context(Verification)
-        self.port = free_port_here()
+        self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
 
     def _on_store(self, event) -> int:
         path = Path(event.dataset_path)
         if self.fsync:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(path)
         os.replace(path, self.folder / "received.dcm")
         return 0x0000
 
@@ -238,18 +238,11 @@ class BareScp:
 
     def stop(self) -> None:
         """Shut the server down and restore the process-wide settings."""
-        from pynetdicom import _config
+        from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
 
         self.server.shutdown()
-        _config.STORE_RECV_CHUNKED_DATASET = False
-        tempfile.tempdir = None
-
-
-def free_port_here() -> int:
-    """A free loopback TCP port."""
-    from taviseg.orthanc import free_port
-
-    return free_port()
+        TEMP_FOLDER.release(id(self))
+        RECEIVE_TO_DISK.release(id(self))
 
 
 def node_store_seconds(metrics_port: int) -> tuple[float, int]:

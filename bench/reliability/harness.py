@@ -20,7 +20,6 @@ from typing import Any
 import pydicom
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filewriter import write_file_meta_info
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom import evt
 from pynetdicom.dsutils import split_dataset
@@ -32,6 +31,7 @@ from tests.node.support import (
     NodeProcess,
     associate,
     base_config,
+    part10_bytes,
     wait_until,
     write_config,
 )
@@ -364,10 +364,7 @@ def store_bytes(port: int, data: bytes, scratch: Path, *, fallback: tuple[str, s
         carrier = FileMetaDataset()
         carrier.MediaStorageSOPClassUID, carrier.MediaStorageSOPInstanceUID = sop_class, sop_uid
         carrier.TransferSyntaxUID = ts
-        with path.open("wb") as f:
-            f.write(b"\x00" * 128 + b"DICM")
-            write_file_meta_info(f, carrier)
-            f.write(body)
+        path.write_bytes(part10_bytes(carrier, body))
     attempt = StoreAttempt(mode, sop_uid=sop_uid)
     try:
         assoc = associate(port, [(sop_class, [ts])], calling=calling)

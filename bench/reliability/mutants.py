@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 from bench.reliability.harness import BenchError, logger
 from dicom_node.sop import TRANSFER_SYNTAXES
-from tests.node.support import make_xa
+from tests.node.support import make_xa, part10_bytes
 
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
@@ -331,10 +331,7 @@ def m_meta_in_dataset(rng: random.Random, ds: pydicom.Dataset, base: Base) -> tu
     meta.MediaStorageSOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta)
-    return buf.getvalue() + data[cut:], "the whole file (" + ("meta" if cut else "preamble") + " on) inside the data set"
+    return part10_bytes(meta, data[cut:]), "the whole file (" + ("meta" if cut else "preamble") + " on) inside the data set"
 
 
 def m_random_file(rng: random.Random, ds: pydicom.Dataset, base: Base) -> tuple[bytes, str]:

@@ -3,6 +3,7 @@ and a small pynetdicom SCU. Every wait is bounded and polls; no fixed ports."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -96,11 +97,17 @@ def garbage_file(path: Path, sop_uid: str) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = XA, sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    with path.open("wb") as f:
-        f.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(f, meta)
-        f.write(b"\x08\x00\x18\x00UI\xff\xff" + b"\xde\xad\xbe\xef" * 64)  # element with a bogus length
+    path.write_bytes(part10_bytes(meta, b"\x08\x00\x18\x00UI\xff\xff" + b"\xde\xad\xbe\xef" * 64))  # bogus length
     return path
+
+
+def part10_bytes(meta: FileMetaDataset, body: bytes) -> bytes:
+    """A DICOM file as bytes: zero preamble, ``DICM``, the File Meta group of ``meta``, then ``body``
+    as it is (which may be anything: the way to send or store a data set pydicom cannot write)."""
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta)
+    return buf.getvalue() + body
 
 
 def send_raw(port: int, path: Path, *, calling: str = "ANGIO", tls_args: Any = None) -> int | None:
