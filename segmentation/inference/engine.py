@@ -267,14 +267,9 @@ class InferenceEngine:
         conf = frame_confidence(p, mask, margin_fraction=self.confidence_config.margin_fraction)
         return mask, conf, (p if keep else None)
 
-    def iter_batches(self, frames: FrameInput, *, bits_stored: int | None = None) -> Iterator[list[np.ndarray]]:
-        """Yield the original-size probability maps, one list per batch of ``batch_size`` frames."""
-        items = as_frame_list(frames)
-        for start in range(0, len(items), self.batch_size):
-            batch, geometry = self._prepare(items[start:start + self.batch_size], bits_stored)
-            yield restore_probabilities(self.probabilities_at_model_size(batch), geometry)
-
-    def _iter_results(self, items: list[np.ndarray], bits_stored: int | None, keep: bool):
+    def _iter_results(
+        self, items: list[np.ndarray], bits_stored: int | None, keep: bool
+    ) -> Iterator[tuple[np.ndarray, float, np.ndarray | None]]:
         """Per-frame ``(mask, confidence, map)`` in input order, host work overlapped with the model."""
         chunks = [items[s:s + self.batch_size] for s in range(0, len(items), self.batch_size)]
         if self.host_threads == 0:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import math
+import os
+import subprocess
+import sys
 import warnings
 
 import albumentations as A
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
+from tests.conftest import REPO
 from training.augment import (
     GrayHueSaturationValue,
     QuadPerspective,
@@ -270,11 +273,6 @@ def test_disabled_augmentation_is_the_eval_transform():
 
 def test_importing_the_pipeline_makes_no_network_request():
     """Albumentations' import-time PyPI version check is off (no downloads at run time)."""
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
-
     spy = ("import json, urllib.request\n"
            "calls = []\n"
            "def _open(self, url, *a, **k):\n"
