@@ -15,21 +15,27 @@ both). Prints ONE summary line on stdout (medians; MB = 10**6 bytes), e.g.::
 
     receive 100 frames 1000x1000 (100 MB) x5: node 239 MB/s, storescp 299 MB/s, ratio 0.80x
 
-and the per-send times, best figures and the node's store-handler time on stderr. Below 1.0x
-the gap is durability, not pynetdicom: with ``--decompose`` (2 cores here) pynetdicom alone with
-the node's settings receives at 0.94-1.24x storescp when it answers without an fsync, and at
-0.62-0.82x when it fsyncs before answering; the node, whose fsync is mostly overlapped with the
-transfer by :class:`dicom_node.scp.EarlyWriteback`, sits between the two. storescp never
-fsyncs, so the bytes it has acknowledged may still be only in the page cache.
+and the per-send times, best figures and the node's store-handler time on stderr. The node
+acknowledges an instance only once it is on disk; storescp never fsyncs, so the bytes it has
+acknowledged may still be only in the page cache. On 2 cores with a disk that writes about
+640 MB/s, writing 100 MB takes at least 0.15 s, which is most of a send: the node's PDU reader
+(:mod:`dicom_node.pdu_reader`) makes the receive path itself 1.2-1.4x storescp ("bare" below),
+and the early write-back (:class:`dicom_node.scp.EarlyWriteback`) overlaps most of the disk
+writes with the transfer, so the node lands at about storescp's speed.
 
     .venv/bin/python bench/receive.py [--frames 100] [--size 1000] [--repeats 5] [--decompose]
 
-``--decompose`` adds, interleaved with the others, pynetdicom alone with the node's receive
-settings (unlimited max PDU, chunked to a file) answering Success without an fsync ("bare") and
-after one ("bare+fsync"), and prints each receiver's median against storescp on stderr: where
-the gap is pynetdicom and where it is durability.
+``--decompose`` adds, interleaved with the others, a second node with pynetdicom's own PDU
+reader (``limits.fast_pdu_reader: false``: "node/pynetdicom-reader"), and pynetdicom alone with
+the node's receive settings (unlimited max PDU, the node's PDU reader, chunked to a file)
+answering Success without an fsync ("bare"), after one ("bare+fsync"), after one with the
+node's early write-back running during the transfer ("bare+writeback": the node's durability
+without the rest of the node), and without fsync but with pynetdicom's own reader
+("bare/pynetdicom-reader"). It prints each receiver's median against storescp on stderr: what
+the reader gains, what durability costs, and what the rest of the node adds.
 
-About 15 s with the defaults on 2 busy cores (phantom generation included).
+About 15 s with the defaults on 2 busy cores (phantom generation included), 45 s with
+``--decompose --repeats 8``.
 """
 
 from __future__ import annotations
@@ -201,19 +207,28 @@ class StoreScp:
 
 class BareScp:
     """pynetdicom alone, configured as the node receives (``--decompose``): unlimited max PDU,
-    chunked data sets written straight to a file; then, with ``fsync`` on, the file is fsynced
-    before Success (what durability costs), else nothing (pynetdicom's own receive speed)."""
+    the node's PDU reader (pynetdicom's own with ``fast_reader`` off), chunked data sets written
+    straight to a file. With ``fsync`` on, the file is fsynced before Success (what durability
+    costs), and with ``early_writeback`` also on, the node's :class:`EarlyWriteback` runs while
+    the data arrives (the node's durability without the rest of the node); else nothing (the
+    receive path's own speed)."""
 
     def __init__(self, folder: Path) -> None:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification, XRayAngiographicImageStorage
 
+        from dicom_node.pdu_reader import FastPduReader
         from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
+        from dicom_node.scp import EarlyWriteback
         from taviseg.orthanc import free_port
 
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.fsync = False
+        self.fsync = self.early_writeback = False
+        self.fast_reader = True
+        self._reader = FastPduReader()
+        self._writeback = EarlyWriteback(folder)
+        self._writeback.start()
         # the node's own process-wide switches: chunked receive into this folder's temp files
         RECEIVE_TO_DISK.acquire(id(self), True)
         TEMP_FOLDER.acquire(id(self), str(folder))
@@ -223,7 +238,23 @@ class BareScp:
         ae.add_supported_context(Verification)
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
-                                      evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+                                      evt_handlers=[(evt.EVT_CONN_OPEN, self._on_conn_open),
+                                                    (evt.EVT_DATA_RECV, self._on_data),
+                                                    (evt.EVT_C_STORE, self._on_store)])
+
+    def configure(self, target: str) -> None:
+        """Set the switches for one of the ``bare`` targets of ``--decompose``."""
+        self.fsync = target in ("bare+fsync", "bare+writeback")
+        self.early_writeback = target == "bare+writeback"
+        self.fast_reader = target != "bare/pynetdicom-reader"
+
+    def _on_conn_open(self, event) -> None:
+        if self.fast_reader:
+            self._reader.on_conn_open(event)
+
+    def _on_data(self, event) -> None:
+        if self.early_writeback:
+            self._writeback.on_data(event)
 
     def _on_store(self, event) -> int:
         path = Path(event.dataset_path)
@@ -237,10 +268,11 @@ class BareScp:
         return [p for p in self.folder.iterdir() if p.is_file()]
 
     def stop(self) -> None:
-        """Shut the server down and restore the process-wide settings."""
+        """Shut the server down, stop the write-back thread, restore the process-wide settings."""
         from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
 
         self.server.shutdown()
+        self._writeback.stop()
         TEMP_FOLDER.release(id(self))
         RECEIVE_TO_DISK.release(id(self))
 
@@ -268,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="sends to each receiver (default 5)")
     parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one)")
     parser.add_argument("--decompose", action="store_true",
-                        help="also time bare pynetdicom (node settings) without and with fsync (stderr)")
+                        help="also time bare pynetdicom (node settings) without and with fsync, and with "
+                             "pynetdicom's own PDU reader (stderr)")
     parser.add_argument("-v", "--verbose", action="store_true", help="INFO diagnostics on stderr")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.repeats < 1 or args.size < 64:
@@ -289,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.keep
         work.mkdir(parents=True, exist_ok=True)
     scp: StoreScp | None = None
-    node: NodeProcess | None = None
+    nodes: dict[str, NodeProcess] = {}
     bare: BareScp | None = None
     try:
         path = work / "run.dcm"
@@ -299,15 +332,19 @@ def main(argv: list[str] | None = None) -> int:
                     size_bytes, time.perf_counter() - t0)
 
         scp = StoreScp(free_port(), work / "storescp", work / "storescp.log").start()
-        state = work / "node"
-        cfg = base_config(state, processing={"processor_factory": RECEIVE_ONLY_PROCESSOR},
-                          metrics={"enabled": True, "port": 0})
-        node = NodeProcess(write_config(work / "node.yaml", cfg)).start(timeout=READY_TIMEOUT_S)
+        def start_node(name: str, **limits) -> NodeProcess:
+            cfg = base_config(work / name, processing={"processor_factory": RECEIVE_ONLY_PROCESSOR},
+                              metrics={"enabled": True, "port": 0}, limits=limits)
+            nodes[name] = NodeProcess(write_config(work / f"{name}.yaml", cfg)).start(timeout=READY_TIMEOUT_S)
+            return nodes[name]
+
+        node = start_node("node")
         metrics_port = int(json.loads(node.ready_file.read_text())["metrics_port"])
         targets = ["storescp", "node"]
         if args.decompose:
+            start_node("node-pynetdicom-reader", fast_pdu_reader=False)
             bare = BareScp(work / "bare")
-            targets += ["bare", "bare+fsync"]
+            targets += ["node/pynetdicom-reader", "bare", "bare+fsync", "bare+writeback", "bare/pynetdicom-reader"]
 
         def settle() -> None:
             for p in scp.received() + (bare.received() if bare else []):
@@ -321,25 +358,26 @@ def main(argv: list[str] | None = None) -> int:
             for target in order:
                 settle()
                 if target.startswith("bare"):
-                    bare.fsync = target == "bare+fsync"
+                    bare.configure(target)
                     elapsed = send_file(path, bare.port, "BARE")
                 elif target == "storescp":
                     elapsed = send_file(path, scp.port, "STORESCP")
                     if len(scp.received()) != 1:
                         raise BenchError(f"storescp answered Success but wrote {len(scp.received())} file(s)")
                 else:
+                    name = target.replace("/", "-")
                     before = node_store_seconds(metrics_port)
-                    elapsed = send_file(path, node.port, "TAVISEG")
-                    wait_until(lambda: journal_counts(state).get("skipped", 0) == i + 1, 60,
-                               f"node journaling send {i + 1} (skipped by the receive-only processor)")
-                    after = node_store_seconds(metrics_port)
-                    handler.append(after[0] - before[0])
+                    elapsed = send_file(path, nodes[name].port, "TAVISEG")
+                    wait_until(lambda: journal_counts(work / name).get("skipped", 0) == i + 1, 60,
+                               f"{target} journaling send {i + 1} (skipped by the receive-only processor)")
+                    if target == "node":
+                        handler.append(node_store_seconds(metrics_port)[0] - before[0])
                 times[target].append(elapsed)
                 logger.info("send %d to %-8s %.3f s (%.0f MB/s)", i + 1, target, elapsed, size_bytes / 1e6 / elapsed)
         settle()
     finally:
-        if node is not None:
-            node.terminate()
+        for running in nodes.values():
+            running.terminate()
         if scp is not None:
             scp.stop()
         if bare is not None:

@@ -103,6 +103,7 @@ class LimitsConfig:
     max_frame_pixels: int = setting(4096 * 4096, ge=1, doc="largest Rows x Columns of a frame")
     min_free_bytes: int = setting(GIB, ge=0, doc="free-space floor on the spool's disk")
     max_pdu_size: int = setting(0, ge=0, doc="advertised max PDU (0: unlimited, fastest)")
+    fast_pdu_reader: bool = setting(True, doc="read PDUs with fewer copies (False: pynetdicom's reader)")
     network_timeout_s: float = setting(60.0, gt=0, doc="idle network timeout")
     acse_timeout_s: float = setting(30.0, gt=0, doc="association negotiation timeout")
     dimse_timeout_s: float = setting(120.0, gt=0, doc="DIMSE message timeout")

@@ -36,8 +36,14 @@ from dicom_node.tls import server_context
 
 logger = logging.getLogger(__name__)
 
-#: An instance whose processing was interrupted this many times (crashes) is failed.
-MAX_PROCESSING_ATTEMPTS = 3
+#: Node restarts that found a run processing, after which the run is failed (not re-queued).
+#: A run processed in the node's own process may itself be what killed the node: it gets
+#: ``MAX_INTERRUPTIONS_IN_PROCESS``. In the isolated child (the default) a run cannot take the node
+#: down (a decoder crash fails the run, see :mod:`dicom_node.isolation`), so a restart comes from
+#: outside (an operator, systemd, a power cut) and only a backstop applies: an acknowledged run must
+#: not be failed because the node was restarted three times while it was being segmented.
+MAX_INTERRUPTIONS_IN_PROCESS = 3
+MAX_INTERRUPTIONS_ISOLATED = 10
 
 
 class Node:
@@ -84,11 +90,14 @@ class Node:
         outbox = Outbox(cfg.outbox_dir, journal, [d.name for d in destinations],
                         keep_delivered=cfg.delivery.keep_delivered)
         outbox.prepare()
-        requeued, failed = journal.recover_interrupted(MAX_PROCESSING_ATTEMPTS)
+        isolated = not self._processors
+        requeued, failed = journal.recover_interrupted(
+            MAX_INTERRUPTIONS_ISOLATED if isolated else MAX_INTERRUPTIONS_IN_PROCESS
+        )
         if requeued or failed:
             logger.warning("recovered %d interrupted run(s); %d failed after repeated interruptions",
                            len(requeued), len(failed))
-        if self._processors:
+        if not isolated:
             processors = self._processors
         else:  # each worker's processor in its own process: a decoder crash fails a run, not the node
             for _ in range(cfg.processing.workers):

@@ -4,7 +4,8 @@ The C-STORE handler only makes the received data set durable (see :mod:`dicom_no
 answers; decoding and inference happen in the workers. Data sets are received straight to disk
 (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``) into the spool's ``incoming/`` folder, then renamed
 into the spool: never decoded and re-encoded. An unlimited maximum PDU is advertised by default
-(``limits.max_pdu_size: 0``), and the disk writes a data set while it arrives
+(``limits.max_pdu_size: 0``), PDUs are read with one copy out of the kernel
+(:mod:`dicom_node.pdu_reader`), and the disk writes a data set while it arrives
 (:class:`EarlyWriteback`), so the fsync before Success only waits for the last megabytes:
 that is what brings receiving close to dcmtk's storescp (which does not fsync at all;
 ``bench/receive.py`` measures both).
@@ -31,6 +32,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_node.config import NodeConfig
 from dicom_node.errors import InstanceRejected, StorageError
 from dicom_node.metrics import NodeMetrics
+from dicom_node.pdu_reader import FastPduReader
 from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
 from dicom_node.sop import (
     TRANSFER_SYNTAXES,
@@ -211,7 +213,9 @@ class StorageSCP:
         self._receiving = True
         self._writeback = EarlyWriteback(self.spool.incoming_dir)
         self._writeback.start()
+        reader = FastPduReader(self.cfg.limits.fast_pdu_reader)
         handlers = [
+            (evt.EVT_CONN_OPEN, reader.on_conn_open),
             (evt.EVT_DATA_RECV, self._writeback.on_data),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),

@@ -18,19 +18,17 @@ import errno
 import logging
 import os
 import shutil
-import struct
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import LimitsConfig
 from dicom_node.errors import InstanceRejected, JournalError, StorageError
 from dicom_node.journal import Journal, NewInstance
 from dicom_node.sop import StoreStatus, is_image_sop_class, is_valid_uid
+from segmentation.errors import DICOM_PARSE_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -265,11 +263,7 @@ def _read_header(path: Path) -> pydicom.Dataset:
         for kw in _HEADER_TAGS:  # force the lazy values to decode now, inside the try
             ds.get(kw)
         return ds
-    except (InvalidDicomError, ValueError, TypeError, LookupError, EOFError, OverflowError, OSError,
-            struct.error, AttributeError, NotImplementedError, RecursionError, zlib.error) as exc:
-        # NotImplementedError: pydicom meets an unknown VR (a flipped bit); RecursionError: sequences
-        # nested deeper than Python's recursion limit; zlib.error: a "deflated" data set that is not.
-        # They used to escape as 0x0110 "internal error".
+    except DICOM_PARSE_ERRORS as exc:
         raise InstanceRejected(
             f"data set cannot be parsed: {type(exc).__name__}", StoreStatus.CANNOT_UNDERSTAND
         ) from exc

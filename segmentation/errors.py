@@ -1,6 +1,21 @@
-"""Domain errors of the segmentation core."""
+"""Domain errors of the segmentation core, and what pydicom raises on data it cannot parse."""
+
+import struct
+import zlib
+
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from taviseg.errors import TavisegError
+
+#: What pydicom raises, reading a header or converting a lazily read value, on bytes it cannot
+#: parse (all seen on bit-flipped or truncated files of bench/reliability): NotImplementedError for
+#: an unknown VR, RecursionError for sequences nested deeper than the recursion limit, zlib.error
+#: for a "deflated" data set that is not, BytesLengthException (not a ValueError) for a value whose
+#: length is not a multiple of its VR's size.
+DICOM_PARSE_ERRORS: tuple[type[BaseException], ...] = (
+    InvalidDicomError, ValueError, TypeError, LookupError, EOFError, OverflowError, OSError,
+    struct.error, AttributeError, NotImplementedError, RecursionError, zlib.error, BytesLengthException,
+)
 
 
 class SegmentationError(TavisegError):

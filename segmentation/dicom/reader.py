@@ -34,7 +34,13 @@ from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian
 from segmentation.dicom.calibration import Calibration, calibrate
 from segmentation.dicom.decode import FrameCodec, PixelLayout
 from segmentation.dicom.sop_classes import InputKind, classify, explain
-from segmentation.errors import DicomDecodeError, NonImageObjectError, UnsupportedObjectError
+from segmentation.errors import (
+    DICOM_PARSE_ERRORS,
+    DicomDecodeError,
+    DicomError,
+    NonImageObjectError,
+    UnsupportedObjectError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -399,14 +405,19 @@ def open_run(
             value_offset = stream.tell()
     except InvalidDicomError as exc:
         raise DicomDecodeError(f"{path}: not a DICOM file ({exc}); force=True reads files without a preamble") from None
-    except (OSError, EOFError, struct.error, ValueError) as exc:
-        raise DicomDecodeError(f"{path}: cannot read the DICOM header: {exc}") from None
+    except DICOM_PARSE_ERRORS as exc:
+        raise DicomDecodeError(f"{path}: cannot read the DICOM header: {type(exc).__name__}: {exc}") from None
     if parsed is None or parsed[0] not in _PIXEL_TAGS:
         raise DicomDecodeError(f"{path}: image object has no Pixel Data")
     tag, vr, length = parsed
     if tag != _PIXEL_DATA_TAG:
         raise DicomDecodeError(f"{path}: float Pixel Data ({tag:08X}) is not supported")
-    layout = PixelLayout.from_dataset(header, ts, pixel_vr=vr)
+    try:  # the pixel module's values are converted here, lazily: a flipped VR surfaces now
+        layout = PixelLayout.from_dataset(header, ts, pixel_vr=vr)
+    except DicomError:
+        raise
+    except DICOM_PARSE_ERRORS as exc:
+        raise DicomDecodeError(f"{path}: cannot read the image pixel module: {type(exc).__name__}: {exc}") from None
     if layout.is_encapsulated != (length == _UNDEFINED):
         raise DicomDecodeError(
             f"{path}: Pixel Data length {'undefined' if length == _UNDEFINED else length} does "

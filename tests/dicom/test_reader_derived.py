@@ -238,3 +238,20 @@ def test_derived_inputs_are_valid_objects(tmp_path):
         errors, warnings, output = run_dciodvfy(derive.save(ds, tmp_path / f"{name}.dcm"))
         errors = [e for e in errors if not any(c in e for c in contradictory)]
         assert errors == [] and warnings == [], f"{name}:\n{output}"
+
+
+@pytest.mark.parametrize("damage", ["unknown-vr", "odd-length"])
+def test_unparseable_pixel_module_values_are_decode_errors(tmp_path, damage):
+    """Regression (bench.reliability): a bit flip turning High Bit's VR into an unknown one made the
+    lazily converted value raise NotImplementedError, and a US value of 3 bytes BytesLengthException,
+    out of open_run: the node failed the run as an "unexpected" error instead of a decode error."""
+    path = write(tmp_path, derive.xa_dataset(derive.cine(2, 16, 16)), uid.ExplicitVRLittleEndian)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x28\x00\x02\x01US\x02\x00")  # (0028,0102) High Bit
+    if damage == "unknown-vr":
+        data[at + 4:at + 6] = b"\x55\xd3"
+    else:
+        data[at + 6:at + 10] = b"\x03\x00" + data[at + 8:at + 10] + b"\x00"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DicomDecodeError, match=f"{path.name}: cannot read the image pixel module"):
+        open_run(path)

@@ -63,4 +63,5 @@ def test_receive_bench_prints_one_summary_line():
     parts = re.search(r"decomposition \(medians\): (.*)", err)
     assert parts, err[-2000:]
     receivers = [p.split(" ")[0] for p in parts.group(1).split(", ")]
-    assert receivers == ["storescp", "node", "bare", "bare+fsync"], parts.group(0)
+    assert receivers == ["storescp", "node", "node/pynetdicom-reader", "bare", "bare+fsync", "bare+writeback",
+                         "bare/pynetdicom-reader"], parts.group(0)

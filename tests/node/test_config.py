@@ -20,7 +20,7 @@ def test_shipped_config_loads_with_absolute_paths():
     cfg = load_node_config(CONF_DIR / "node.yaml")
     assert cfg.ae_title == "TAVISEG"
     assert cfg.bind_address == "127.0.0.1"
-    assert cfg.limits.max_pdu_size == 0
+    assert cfg.limits.max_pdu_size == 0 and cfg.limits.fast_pdu_reader is True
     assert cfg.state_dir.is_absolute() and "~" not in str(cfg.state_dir)
     assert cfg.processing.outputs == ("seg",)
 

@@ -121,3 +121,38 @@ def test_node_survives_the_gdcm_abort_of_a_corrupt_jpegls_run(tmp_path, tiny_mod
         log = node.log()
         assert "killed by SIGABRT" in log and "recovered" not in log  # never restarted
         assert node.terminate() == 0
+
+
+@pytest.mark.parametrize("isolated", [True, False])
+def test_restarts_during_a_run_fail_it_only_where_the_run_could_be_the_cause(tmp_path, isolated):
+    """Three restarts that found a run processing fail it when processing shares the node's process
+    (the run may be what kills it); with processing isolated they are external and it is re-queued."""
+    from dicom_node.config import load_node_config
+    from dicom_node.journal import Journal, NewInstance
+    from dicom_node.node import MAX_INTERRUPTIONS_IN_PROCESS, Node
+
+    state = tmp_path / "state"
+    processing = {"processor_factory": "tests.node.fakes:threshold_processor"} if isolated else {}
+    cfg = load_node_config(write_config(tmp_path / "node.yaml", base_config(state, processing=processing)))
+    (cfg.spool_dir / "instances").mkdir(parents=True)
+    ds = make_xa(seed=7)
+    ds.save_as(cfg.spool_dir / "instances" / "run.dcm", enforce_file_format=True)
+    journal = Journal(cfg.journal_path)
+    row_id, _ = journal.record_received(NewInstance(
+        file="run.dcm", sop_instance_uid=str(ds.SOPInstanceUID), sop_class_uid=str(ds.SOPClassUID),
+        study_instance_uid=str(ds.StudyInstanceUID), series_instance_uid=str(ds.SeriesInstanceUID),
+        transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), kind="image", calling_aet="ANGIO",
+        size_bytes=(cfg.spool_dir / "instances" / "run.dcm").stat().st_size, frames=3))
+    for _ in range(MAX_INTERRUPTIONS_IN_PROCESS):  # three lives of the node ended during this run
+        journal.claim(row_id)
+        journal.recover_interrupted(max_attempts=100)
+    journal.claim(row_id)
+    journal.close()
+    node = Node(cfg, processors=None if isolated else [ThresholdProcessor(cfg.processing)])
+    node.start()
+    try:
+        expected = "done" if isolated else "failed"
+        wait_until(lambda: journal_counts(state).get(expected, 0) == 1, 60, f"the run {expected}")
+        assert sum(journal_counts(state).values()) == 1
+    finally:
+        node.stop()

@@ -75,6 +75,19 @@ def test_store_echo_process_and_metrics(start_node):
     assert "taviseg_node_processing_seconds_count 1" in text
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_pdu_reader_follows_the_configuration(start_node, monkeypatch, fast):
+    from dicom_node import pdu_reader
+
+    calls = []
+    original = pdu_reader._read_pdu_data
+    monkeypatch.setattr(pdu_reader, "_read_pdu_data", lambda dul: (calls.append(1), original(dul))[1])
+    node = start_node(limits={"min_free_bytes": 0, "fast_pdu_reader": fast})
+    assert send(node.scp.port, [make_xa(frames=20, size=256)]) == [0]
+    _processed(node, 1)
+    assert (len(calls) > 0) is fast  # every PDU of the association (A-ASSOCIATE-RQ on) when on, none when off
+
+
 def test_unknown_calling_ae_and_host_are_rejected(start_node):
     node = start_node(allowed_callers=[{"ae_title": "ANGIO"}, {"ae_title": "FARAWAY", "hosts": ["10.9.9.9"]}])
     port = node.scp.port

@@ -93,12 +93,13 @@ def _explicit_element(group: int, element: int, vr: bytes, value: bytes) -> byte
     return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
 
 
-@pytest.mark.parametrize("damage", ["unknown-vr", "deep-sequence", "not-deflated"])
+@pytest.mark.parametrize("damage", ["unknown-vr", "deep-sequence", "not-deflated", "odd-length-us"])
 def test_unparseable_headers_are_cannot_understand_not_internal_errors(spool, damage):
     """Regression (bench.reliability): a bit flip turning a VR into an unknown one ('UM') made
     pydicom raise NotImplementedError, a private sequence nested 300 deep RecursionError, and a
-    File Meta claiming Deflated Explicit VR for a plain data set zlib.error; they escaped the
-    header check and were answered 0x0110 (internal error) instead of 0xC210."""
+    File Meta claiming Deflated Explicit VR for a plain data set zlib.error, and a US value of 3
+    bytes BytesLengthException (not a ValueError); they escaped the header check and were answered
+    0x0110 (internal error) instead of 0xC210."""
     ds = make_xa(frames=2)
     data = bytearray(open(_received(spool, ds), "rb").read())
     if damage == "not-deflated":
@@ -112,6 +113,9 @@ def test_unparseable_headers_are_cannot_understand_not_internal_errors(spool, da
     at = data.index(b"\x20\x00\x0d\x00UI")  # (0020,000D) Study Instance UID
     if damage == "unknown-vr":
         data[at + 4:at + 6] = b"UM"
+    elif damage == "odd-length-us":
+        rows = data.index(b"\x28\x00\x10\x00US\x02\x00")  # (0028,0010) Rows
+        data[rows + 6:rows + 10] = b"\x03\x00" + data[rows + 8:rows + 10] + b"\x00"
     elif damage == "deep-sequence":
         nested = (b"\x09\x00\x01\x10SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff") * 300
         nested += (b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") * 300
