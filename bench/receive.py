@@ -332,17 +332,22 @@ def main(argv: list[str] | None = None) -> int:
                     size_bytes, time.perf_counter() - t0)
 
         scp = StoreScp(free_port(), work / "storescp", work / "storescp.log").start()
-        def start_node(name: str, **limits) -> NodeProcess:
-            cfg = base_config(work / name, processing={"processor_factory": RECEIVE_ONLY_PROCESSOR},
+
+        def state_of(target: str) -> Path:
+            return work / target.replace("/", "-")
+
+        def start_node(target: str, **limits) -> NodeProcess:
+            cfg = base_config(state_of(target), processing={"processor_factory": RECEIVE_ONLY_PROCESSOR},
                               metrics={"enabled": True, "port": 0}, limits=limits)
-            nodes[name] = NodeProcess(write_config(work / f"{name}.yaml", cfg)).start(timeout=READY_TIMEOUT_S)
-            return nodes[name]
+            config = write_config(state_of(target).with_suffix(".yaml"), cfg)
+            nodes[target] = NodeProcess(config).start(timeout=READY_TIMEOUT_S)
+            return nodes[target]
 
         node = start_node("node")
         metrics_port = int(json.loads(node.ready_file.read_text())["metrics_port"])
         targets = ["storescp", "node"]
         if args.decompose:
-            start_node("node-pynetdicom-reader", fast_pdu_reader=False)
+            start_node("node/pynetdicom-reader", fast_pdu_reader=False)
             bare = BareScp(work / "bare")
             targets += ["node/pynetdicom-reader", "bare", "bare+fsync", "bare+writeback", "bare/pynetdicom-reader"]
 
@@ -365,10 +370,9 @@ def main(argv: list[str] | None = None) -> int:
                     if len(scp.received()) != 1:
                         raise BenchError(f"storescp answered Success but wrote {len(scp.received())} file(s)")
                 else:
-                    name = target.replace("/", "-")
                     before = node_store_seconds(metrics_port)
-                    elapsed = send_file(path, nodes[name].port, "TAVISEG")
-                    wait_until(lambda: journal_counts(work / name).get("skipped", 0) == i + 1, 60,
+                    elapsed = send_file(path, nodes[target].port, "TAVISEG")
+                    wait_until(lambda: journal_counts(state_of(target)).get("skipped", 0) == i + 1, 60,
                                f"{target} journaling send {i + 1} (skipped by the receive-only processor)")
                     if target == "node":
                         handler.append(node_store_seconds(metrics_port)[0] - before[0])

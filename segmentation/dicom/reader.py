@@ -37,7 +37,6 @@ from segmentation.dicom.sop_classes import InputKind, classify, explain
 from segmentation.errors import (
     DICOM_PARSE_ERRORS,
     DicomDecodeError,
-    DicomError,
     NonImageObjectError,
     UnsupportedObjectError,
 )
@@ -414,8 +413,6 @@ def open_run(
         raise DicomDecodeError(f"{path}: float Pixel Data ({tag:08X}) is not supported")
     try:  # the pixel module's values are converted here, lazily: a flipped VR surfaces now
         layout = PixelLayout.from_dataset(header, ts, pixel_vr=vr)
-    except DicomError:
-        raise
     except DICOM_PARSE_ERRORS as exc:
         raise DicomDecodeError(f"{path}: cannot read the image pixel module: {type(exc).__name__}: {exc}") from None
     if layout.is_encapsulated != (length == _UNDEFINED):
