@@ -8,8 +8,9 @@ writing into a temporary folder, no fsync) and (b) the real node process
 fsync of the file and of the spool folder before Success). The node's processor skips every
 run without reading it (:func:`receive_only_processor`), so what is timed is receiving, not
 segmenting. The two receivers are interleaved (the order alternates per repeat), each
-received file is removed and ``sync`` is called between sends (outside the timing), so
-neither receiver pays for the other's write-back. A send is timed from the start of
+received file is removed (the node's once its worker has deleted it) and ``sync`` is called
+between sends (outside the timing), so neither receiver pays for the other's write-back nor
+for freeing the blocks of an earlier send. A send is timed from the start of
 ``storescu`` to its exit (association, C-STORE, response, release: the same overhead for
 both). Prints ONE summary line on stdout (medians; MB = 10**6 bytes), e.g.::
 
@@ -19,9 +20,9 @@ and the per-send times, best figures and the node's store-handler time on stderr
 acknowledges an instance only once it is on disk; storescp never fsyncs, so the bytes it has
 acknowledged may still be only in the page cache. On 2 cores with a disk that writes about
 640 MB/s, writing 100 MB takes at least 0.15 s, which is most of a send: the node's PDU reader
-(:mod:`dicom_node.pdu_reader`) makes the receive path itself 1.2-1.4x storescp ("bare" below),
+(:mod:`dicom_node.pdu_reader`) makes the receive path itself 1.3-1.4x storescp ("bare" below),
 and the early write-back (:class:`dicom_node.scp.EarlyWriteback`) overlaps most of the disk
-writes with the transfer, so the node lands at about storescp's speed.
+writes with the transfer, so the node lands at storescp's speed (bench/RESULTS.md).
 
     .venv/bin/python bench/receive.py [--frames 100] [--size 1000] [--repeats 5] [--decompose]
 
@@ -226,7 +227,7 @@ class BareScp:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.fsync = self.early_writeback = False
         self.fast_reader = True
-        self._reader = FastPduReader()
+        self._reader = FastPduReader(on_bytes=self._count)
         self._writeback = EarlyWriteback(folder)
         self._writeback.start()
         # the node's own process-wide switches: chunked receive into this folder's temp files
@@ -239,7 +240,6 @@ class BareScp:
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
                                       evt_handlers=[(evt.EVT_CONN_OPEN, self._on_conn_open),
-                                                    (evt.EVT_DATA_RECV, self._on_data),
                                                     (evt.EVT_C_STORE, self._on_store)])
 
     def configure(self, target: str) -> None:
@@ -252,9 +252,9 @@ class BareScp:
         if self.fast_reader:
             self._reader.on_conn_open(event)
 
-    def _on_data(self, event) -> None:
+    def _count(self, nbytes: int) -> None:  # the node's reader tells each PDU's size
         if self.early_writeback:
-            self._writeback.on_data(event)
+            self._writeback.count(nbytes)
 
     def _on_store(self, event) -> int:
         path = Path(event.dataset_path)
@@ -374,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
                     elapsed = send_file(path, nodes[target].port, "TAVISEG")
                     wait_until(lambda: journal_counts(state_of(target)).get("skipped", 0) == i + 1, 60,
                                f"{target} journaling send {i + 1} (skipped by the receive-only processor)")
+                    # the worker deletes the skipped file after journaling it: wait, so that freeing
+                    # its blocks (and any discard) happens before the next send, not during it
+                    instances = state_of(target) / "spool" / "instances"
+                    wait_until(lambda: not any(instances.iterdir()), 60,
+                               f"{target} deleting the file of send {i + 1}")
                     if target == "node":
                         handler.append(node_store_seconds(metrics_port)[0] - before[0])
                 times[target].append(elapsed)

@@ -1,18 +1,23 @@
 """Reading PDUs off an association's socket with fewer copies than pynetdicom's own reader.
 
 pynetdicom 3.0 reads a PDU body 4096 bytes per ``recv`` into a fresh ``bytearray``, appends each
-piece, then appends the whole body to the header's buffer: a 128 KiB P-DATA-TF PDU (what dcmtk's
-``storescu`` sends to an unlimited maximum PDU) costs 32 system calls and three copies in
-Python before it is decoded. This reader ``recv_into``'s the whole PDU (header and body) into
-one buffer sized from the header, so the body is copied once out of the kernel; everything after
-(decoding, events, the state machine, chunked writing to disk) is pynetdicom's.
-``bench/receive.py --decompose`` times the node and bare pynetdicom with and without it.
+piece, then appends the whole body to the header's buffer; decoding a P-DATA-TF PDU then copies
+its data four more times (to ``bytes``, the items, each item's value, the value past its message
+control header) before the chunked receive writes it to disk. A 128 KiB P-DATA-TF PDU (what
+dcmtk's ``storescu`` sends to an unlimited maximum PDU) costs 32 system calls and six copies in
+Python. This reader ``recv_into``'s the whole PDU (header and body) into one buffer sized from the
+header, so the body is copied once out of the kernel, and decodes P-DATA-TF PDUs into
+presentation data values that are views of that buffer (:func:`decode_p_data`): the bytes reach
+the file with no copy in Python. Other PDU types, the events, the state machine and the DIMSE
+layer are pynetdicom's. ``bench/receive.py --decompose`` times the node and bare pynetdicom with
+and without it.
 
 It replaces ``DULServiceProvider._read_pdu_data`` on the node's own associations only (bound on
 the instance when the connection opens: ``EVT_CONN_OPEN`` comes before the reactor starts),
 never on the class, so other AEs in the process keep pynetdicom's reader. It keeps the
 reader's contract: the same state-machine events for a closed connection (Evt17), an unknown
-PDU type or an undecodable PDU (Evt19), and the decoded PDU queued for the reactor. Memory
+PDU type or an undecodable PDU (Evt19), ``EVT_DATA_RECV`` (with the PDU as ``bytes``, only when
+a handler is bound) and ``EVT_PDU_RECV``, and the decoded PDU queued for the reactor. Memory
 follows the bytes that arrive, not the length a peer declares: a body longer than
 :data:`PREALLOCATE_LIMIT` is read in pieces of that size, so a forged 4 GB length costs at
 most one piece more than the bytes the peer really sends.
@@ -26,10 +31,14 @@ from __future__ import annotations
 import logging
 import struct
 import types
+from collections.abc import Callable
 
 import pynetdicom
+from pynetdicom import evt
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.events import Event
+from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_items import PresentationDataValueItem
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +51,12 @@ PDU_TYPES = frozenset(range(0x01, 0x08))
 #: State-machine events (PS3.8 9.2): transport connection closed, invalid PDU received.
 EVT_CONNECTION_CLOSED = "Evt17"
 EVT_INVALID_PDU = "Evt19"
+#: P-DATA-TF: its PDU type and the state-machine event for receiving one (PS3.8 9.2).
+P_DATA_TF_TYPE = 0x04
+EVT_P_DATA_TF = "Evt10"
 
 _HEADER = struct.Struct(">BBL")
+_PDV_HEADER = struct.Struct(">LB")  # item length, presentation context ID
 _DUL_METHODS = ("_read_pdu_data", "_decode_pdu")
 
 
@@ -109,6 +122,45 @@ def read_pdu(sock) -> bytearray:
     return bytearray().join(pieces)
 
 
+def decode_p_data(pdu: bytearray) -> P_DATA_TF:
+    """A whole P-DATA-TF PDU decoded with its values as views of ``pdu`` (no copy).
+
+    pynetdicom's DIMSE layer only indexes, slices and writes a presentation data value, which a
+    ``memoryview`` supports like ``bytes``. ``pdu`` must not be changed afterwards.
+
+    Raises:
+        ValueError: an item's length is below 1 (no presentation context ID) or runs past the
+            end of the PDU (pynetdicom's own decoder fails on both too).
+    """
+    view = memoryview(pdu)
+    decoded = P_DATA_TF()
+    offset, end = _HEADER.size, len(pdu)
+    while offset < end:
+        if end - offset < _PDV_HEADER.size:
+            raise ValueError(f"{end - offset} byte(s) after the last presentation data value item")
+        length, context_id = _PDV_HEADER.unpack_from(pdu, offset)
+        if length < 1 or offset + 4 + length > end:
+            raise ValueError(f"presentation data value item of length {length} at offset {offset} "
+                             f"of a {end}-byte P-DATA-TF PDU")
+        item = PresentationDataValueItem()
+        item.presentation_context_id = context_id
+        item.presentation_data_value = view[offset + _PDV_HEADER.size: offset + 4 + length]
+        decoded.presentation_data_value_items.append(item)
+        offset += 4 + length
+    return decoded
+
+
+def _decode(dul: DULServiceProvider, data: bytearray) -> tuple[object, str]:
+    """(PDU, state-machine event) for ``data``, with pynetdicom's two receive events."""
+    if data[0] != P_DATA_TF_TYPE:
+        return dul._decode_pdu(data)
+    if dul.assoc.get_handlers(evt.EVT_DATA_RECV):
+        evt.trigger(dul.assoc, evt.EVT_DATA_RECV, {"data": bytes(data)})
+    pdu = decode_p_data(data)
+    evt.trigger(dul.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
+    return pdu, EVT_P_DATA_TF
+
+
 def _read_pdu_data(dul: DULServiceProvider) -> None:
     """Drop-in for ``DULServiceProvider._read_pdu_data`` (bound to one association's DUL)."""
     try:
@@ -132,8 +184,11 @@ def _read_pdu_data(dul: DULServiceProvider) -> None:
                      _peer(dul), type(exc).__name__, exc)
         dul.event_queue.put(EVT_CONNECTION_CLOSED)
         return
+    reader = getattr(dul, "_node_reader", None)
+    if reader is not None and reader.on_bytes is not None:
+        reader.on_bytes(len(data))
     try:
-        pdu, event = dul._decode_pdu(data)
+        pdu, event = _decode(dul, data)
     except Exception as exc:  # pynetdicom's reader also turns any decoding failure into Evt19
         logger.error("association from %s: undecodable PDU of type 0x%02X (%s: %s)",
                      _peer(dul), data[0], type(exc).__name__, exc)
@@ -155,9 +210,12 @@ class FastPduReader:
 
     Args:
         enabled: False keeps pynetdicom's own reader (``limits.fast_pdu_reader: false``).
+        on_bytes: Called (DUL thread) with the size of every PDU read, before it is decoded:
+            what ``EVT_DATA_RECV`` tells, without making the PDU ``bytes`` for it.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, on_bytes: Callable[[int], None] | None = None) -> None:
+        self.on_bytes = on_bytes
         self.active = bool(enabled) and is_supported()
         if enabled and not self.active:
             logger.warning("pynetdicom %s is not one of %s: using its own PDU reader",
@@ -167,4 +225,5 @@ class FastPduReader:
         """Bind the reader to the association's DUL (before its reactor thread starts)."""
         if self.active:
             dul = event.assoc.dul
+            dul._node_reader = self
             dul._read_pdu_data = types.MethodType(_read_pdu_data, dul)

@@ -4,11 +4,12 @@ The C-STORE handler only makes the received data set durable (see :mod:`dicom_no
 answers; decoding and inference happen in the workers. Data sets are received straight to disk
 (pynetdicom's ``STORE_RECV_CHUNKED_DATASET``) into the spool's ``incoming/`` folder, then renamed
 into the spool: never decoded and re-encoded. An unlimited maximum PDU is advertised by default
-(``limits.max_pdu_size: 0``), PDUs are read with one copy out of the kernel
-(:mod:`dicom_node.pdu_reader`), and the disk writes a data set while it arrives
-(:class:`EarlyWriteback`), so the fsync before Success only waits for the last megabytes:
-that is what brings receiving close to dcmtk's storescp (which does not fsync at all;
-``bench/receive.py`` measures both).
+(``limits.max_pdu_size: 0``), PDUs are read with one copy out of the kernel and their data
+reach the file with no copy in Python (:mod:`dicom_node.pdu_reader`), the supported contexts
+pynetdicom copies for every association share their UIDs (:class:`~dicom_node.sop.SharedUidContext`),
+and the disk writes a data set while it arrives (:class:`EarlyWriteback`), so the fsync before
+Success only waits for the last megabytes: that is what brings receiving to dcmtk's storescp's
+speed (storescp does not fsync at all; ``bench/receive.py`` measures both).
 
 This module is the only place where the node's domain errors become DICOM statuses.
 """
@@ -37,6 +38,7 @@ from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
 from dicom_node.sop import (
     TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
+    SharedUidContext,
     StoreStatus,
     accepted_sop_classes,
 )
@@ -86,8 +88,12 @@ class EarlyWriteback:
             self._thread.join(timeout)
 
     def on_data(self, event: Event) -> None:
-        """``EVT_DATA_RECV`` handler (DUL threads): count the bytes, wake the thread every step."""
-        self._received += len(event.data)
+        """``EVT_DATA_RECV`` handler (with pynetdicom's own PDU reader): :meth:`count` the PDU."""
+        self.count(len(event.data))
+
+    def count(self, nbytes: int) -> None:
+        """``nbytes`` received (DUL threads): wake the thread every ``step_bytes``."""
+        self._received += nbytes
         if self._received >= self.step_bytes:
             self._received = 0
             self._wake.set()
@@ -213,21 +219,23 @@ class StorageSCP:
         self._receiving = True
         self._writeback = EarlyWriteback(self.spool.incoming_dir)
         self._writeback.start()
-        reader = FastPduReader(self.cfg.limits.fast_pdu_reader)
+        reader = FastPduReader(self.cfg.limits.fast_pdu_reader, on_bytes=self._writeback.count)
         handlers = [
             (evt.EVT_CONN_OPEN, reader.on_conn_open),
-            (evt.EVT_DATA_RECV, self._writeback.on_data),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
+        if not reader.active:  # the node's reader counts the bytes itself, without EVT_DATA_RECV
+            handlers.append((evt.EVT_DATA_RECV, self._writeback.on_data))
         try:
             self._server = self.ae.start_server(
                 (self.cfg.bind_address, self.cfg.port),
                 block=False,
                 evt_handlers=handlers,
                 ssl_context=self.ssl_context,
+                contexts=[SharedUidContext.of(cx) for cx in self.ae.supported_contexts],
             )
         except BaseException:
             self._release_settings()

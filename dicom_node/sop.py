@@ -9,6 +9,7 @@ worker looks at the decoded header (e.g. Modality of a Secondary Capture) before
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 import re
@@ -30,6 +31,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AllStoragePresentationContexts
+from pynetdicom.presentation import PresentationContext
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +127,27 @@ def accepted_sop_classes(other_objects: str) -> list[str]:
     if other_objects == "keep":
         classes += other_storage_sop_classes()
     return classes
+
+
+class SharedUidContext(PresentationContext):
+    """A supported presentation context whose deep copy shares its UIDs.
+
+    pynetdicom deep-copies the SCP's supported contexts for every association it accepts.
+    With every storage SOP class and 13 transfer syntaxes (171 contexts), copying each UID
+    object field by field took about 30 ms per association on 2 cores, paid by every
+    sender before its first byte of data. UIDs are immutable strings, so a copy only needs
+    its own transfer syntax list; everything else it may share.
+    """
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> "SharedUidContext":
+        """The same context (abstract syntax, transfer syntaxes, roles) as this class."""
+        shared = cls()
+        shared.__dict__.update(vars(context))
+        shared._transfer_syntax = list(context.transfer_syntax)
+        return shared
+
+    def __deepcopy__(self, memo: dict) -> "SharedUidContext":
+        duplicate = copy.copy(self)
+        duplicate._transfer_syntax = list(self._transfer_syntax)
+        return duplicate

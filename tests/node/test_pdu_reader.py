@@ -1,11 +1,13 @@
 """The node's PDU reader (dicom_node.pdu_reader): whole PDUs from a real socket, whatever the
-pieces they arrive in; pynetdicom's state-machine events for bad or cut PDUs; memory that follows
-the bytes received; bound to the node's associations only; received files identical to
-pynetdicom's own reader."""
+pieces they arrive in; P-DATA-TF values that are views of the PDU yet decode like pynetdicom's;
+pynetdicom's state-machine events for bad or cut PDUs; memory that follows the bytes received;
+bound to the node's associations only; received data sets identical to pynetdicom's own reader,
+on disk and in memory."""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import socket
 import struct
 import threading
@@ -16,10 +18,11 @@ from pathlib import Path
 import pynetdicom
 import pytest
 from pynetdicom import AE, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification, XRayAngiographicImageStorage
 
 from dicom_node import pdu_reader
-from dicom_node.pdu_reader import ConnectionClosed, FastPduReader, read_pdu
+from dicom_node.pdu_reader import ConnectionClosed, FastPduReader, decode_p_data, read_pdu
 from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
 from taviseg.orthanc import free_port
 from tests.node.support import echo, make_xa, send
@@ -29,6 +32,11 @@ EXPLICIT = "1.2.840.10008.1.2.1"
 
 def pdu(pdu_type: int, body: bytes) -> bytes:
     return struct.pack(">BBL", pdu_type, 0, len(body)) + body
+
+
+def pdv(context_id: int, value: bytes) -> bytes:
+    """A presentation data value item: length, context ID, value (message control header first)."""
+    return struct.pack(">LB", len(value) + 1, context_id) + value
 
 
 def send_in_pieces(sock: socket.socket, data: bytes, piece: int, pause: float = 0.0) -> threading.Thread:
@@ -123,15 +131,42 @@ def test_a_silent_peer_times_out(pair):
         read_pdu(reader)
 
 
-class Receiver:
-    """A pynetdicom SCP receiving to disk, with or without the node's reader."""
+def test_p_data_values_are_views_of_the_pdu_and_decode_like_pynetdicom():
+    raw = bytearray(pdu(0x04, pdv(1, b"\x03" + bytes(range(200))) + pdv(3, b"\x02" + b"pixels" * 999)
+                        + pdv(5, b"\x00")))
+    theirs = P_DATA_TF()
+    theirs.decode(bytes(raw))
+    ours = decode_p_data(raw)
+    assert [(i.presentation_context_id, bytes(i.presentation_data_value)) for i in ours.presentation_data_value_items] \
+        == [(i.presentation_context_id, i.presentation_data_value) for i in theirs.presentation_data_value_items]
+    assert [(c, bytes(v)) for c, v in ours.to_primitive().presentation_data_value_list] \
+        == theirs.to_primitive().presentation_data_value_list
+    value = ours.presentation_data_value_items[1].presentation_data_value
+    assert isinstance(value, memoryview) and value.obj is raw  # no copy of the 6 kB value
+    assert value[0] == 0x02 and bytes(value[1:7]) == b"pixels"
 
-    def __init__(self, folder: Path, *, fast: bool) -> None:
+
+@pytest.mark.parametrize("items, problem", [
+    (struct.pack(">LB", 0, 1), "length 0 at offset 6"),                      # no context ID
+    (pdv(1, b"\x02abc")[:-1], "length 5 at offset 6"),                       # runs past the PDU
+    (pdv(1, b"\x02abc") + b"\x00\x00\x00", "3 byte(s) after the last"),     # a cut item header
+], ids=["no-context-id", "past-the-end", "cut-item-header"])
+def test_a_bad_p_data_item_is_named(items, problem):
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        decode_p_data(bytearray(pdu(0x04, items)))
+
+
+class Receiver:
+    """A pynetdicom SCP receiving to disk (or in memory), with or without the node's reader."""
+
+    def __init__(self, folder: Path, *, fast: bool, chunked: bool = True, data_events: bool = False) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.bound: list[bool] = []
         self.digests: list[str] = []
-        RECEIVE_TO_DISK.acquire(id(self), True)
+        self.pdu_sizes: list[int] = []        # told by the node's reader (on_bytes)
+        self.data_events: list[bytes] = []    # EVT_DATA_RECV, when bound
+        RECEIVE_TO_DISK.acquire(id(self), chunked)
         TEMP_FOLDER.acquire(id(self), str(folder))
         ae = AE("TAVISEG")
         ae.maximum_pdu_size = 0
@@ -140,7 +175,9 @@ class Receiver:
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
         if fast:
-            handlers.insert(0, (evt.EVT_CONN_OPEN, FastPduReader().on_conn_open))
+            handlers.insert(0, (evt.EVT_CONN_OPEN, FastPduReader(on_bytes=self.pdu_sizes.append).on_conn_open))
+        if data_events:
+            handlers.append((evt.EVT_DATA_RECV, lambda event: self.data_events.append(event.data)))
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
 
@@ -150,6 +187,9 @@ class Receiver:
 
     def _on_store(self, event) -> int:
         self.bound.append("_read_pdu_data" in vars(event.assoc.dul))
+        if event.dataset_path is None:  # received in memory
+            self.digests.append(hashlib.sha256(event.encoded_dataset(include_meta=True)).hexdigest())
+            return 0
         path = Path(event.dataset_path)
         self.digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
         path.unlink()
@@ -165,8 +205,8 @@ class Receiver:
 def receivers(tmp_path):
     made: list[Receiver] = []
 
-    def make(fast: bool) -> Receiver:
-        made.append(Receiver(tmp_path / f"r{len(made)}", fast=fast))
+    def make(fast: bool, **options) -> Receiver:
+        made.append(Receiver(tmp_path / f"r{len(made)}", fast=fast, **options))
         return made[-1]
 
     yield make
@@ -183,6 +223,25 @@ def test_received_files_are_identical_to_pynetdicoms_reader(receivers):
     assert fast.bound == [True] * 3 and plain.bound == [False] * 3  # only where the handler is installed
 
 
+def test_data_sets_received_in_memory_are_identical_too(receivers):
+    datasets = [make_xa(frames=20, size=256, seed=7), make_xa(frames=1, size=64, seed=8)]
+    fast, plain = receivers(True, chunked=False), receivers(False, chunked=False)
+    assert send(fast.port, datasets) == [0, 0]
+    assert send(plain.port, datasets) == [0, 0]
+    assert fast.digests == plain.digests and len(set(fast.digests)) == 2
+
+
+def test_the_reader_tells_pdu_sizes_and_keeps_evt_data_recv_for_those_who_bind_it(receivers):
+    dataset = make_xa(frames=30, size=256, seed=3)  # about 2 MB: 128 KiB P-DATA-TF PDUs
+    quiet, listening = receivers(True), receivers(True, data_events=True)
+    assert send(quiet.port, [dataset]) == [0]
+    assert send(listening.port, [dataset]) == [0]
+    assert quiet.data_events == [] and quiet.pdu_sizes == listening.pdu_sizes
+    assert [len(d) for d in listening.data_events] == listening.pdu_sizes
+    assert all(type(d) is bytes for d in listening.data_events)  # as pynetdicom hands them out
+    assert sum(listening.pdu_sizes) > 30 * 256 * 256 and max(listening.pdu_sizes) > 100_000
+
+
 def test_other_aes_in_the_process_keep_pynetdicoms_reader(receivers):
     fast = receivers(True)
     before = pynetdicom.dul.DULServiceProvider._read_pdu_data
@@ -195,7 +254,8 @@ def test_invalid_pdus_abort_the_association_and_the_scp_keeps_answering(receiver
     fast = receivers(True)
     for raw in (pdu(0x0B, b"\x00" * 8),                 # unknown PDU type: Evt19
                 pdu(0x01, b"\xff" * 30),                 # A-ASSOCIATE-RQ that does not decode: Evt19
-                pdu(0x01, b"\x00\x01" + b"\x00" * 10)[:12]):  # cut short, then closed: Evt17
+                pdu(0x01, b"\x00\x01" + b"\x00" * 10)[:12],   # cut short, then closed: Evt17
+                pdu(0x04, struct.pack(">LB", 0, 1))):       # P-DATA-TF item of length 0: Evt19
         with socket.create_connection(("127.0.0.1", fast.port), timeout=10) as s:
             s.sendall(raw)
             s.shutdown(socket.SHUT_WR)

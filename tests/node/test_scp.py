@@ -3,6 +3,7 @@ TLS, concurrency, limits. (End-to-end tests with a separate node process: test_n
 
 from __future__ import annotations
 
+import copy
 import ssl
 import subprocess
 import threading
@@ -14,7 +15,8 @@ import pytest
 
 from dicom_node.config import load_node_config
 from dicom_node.node import Node
-from dicom_node.sop import StoreStatus
+from dicom_node.scp import EarlyWriteback
+from dicom_node.sop import SharedUidContext, StoreStatus
 from tests.conftest import require_tool
 from tests.node.certs import make_pki
 from tests.node.fakes import ThresholdProcessor
@@ -82,10 +84,26 @@ def test_pdu_reader_follows_the_configuration(start_node, monkeypatch, fast):
     calls = []
     original = pdu_reader._read_pdu_data
     monkeypatch.setattr(pdu_reader, "_read_pdu_data", lambda dul: (calls.append(1), original(dul))[1])
+    counted = []
+    count = EarlyWriteback.count
+    monkeypatch.setattr(EarlyWriteback, "count", lambda self, n: (counted.append(n), count(self, n))[1])
     node = start_node(limits={"min_free_bytes": 0, "fast_pdu_reader": fast})
     assert send(node.scp.port, [make_xa(frames=20, size=256)]) == [0]
     _processed(node, 1)
     assert (len(calls) > 0) is fast  # every PDU of the association (A-ASSOCIATE-RQ on) when on, none when off
+    assert sum(counted) > 20 * 256 * 256  # the early write-back hears of every byte, whichever reader
+
+
+def test_association_contexts_copy_without_sharing_their_lists(start_node):
+    node = start_node(other_objects="keep")
+    contexts = node.scp._server.contexts
+    assert len(contexts) > 100 and all(isinstance(cx, SharedUidContext) for cx in contexts)
+    assert contexts == node.scp.ae.supported_contexts  # the same contexts as the AE's own
+    copies = copy.deepcopy(contexts)  # what pynetdicom does for every association
+    assert copies == contexts
+    copies[1].transfer_syntax.clear()
+    copies[1].scp_role = True
+    assert contexts[1].transfer_syntax and contexts[1].scp_role is None  # the originals are untouched
 
 
 def test_unknown_calling_ae_and_host_are_rejected(start_node):
