@@ -144,6 +144,7 @@ def test_p_data_values_are_views_of_the_pdu_and_decode_like_pynetdicom():
     value = ours.presentation_data_value_items[1].presentation_data_value
     assert isinstance(value, memoryview) and value.obj is raw  # no copy of the 6 kB value
     assert value[0] == 0x02 and bytes(value[1:7]) == b"pixels"
+    assert pynetdicom.dul._PDU_TYPES[b"\x04"] == (P_DATA_TF, pdu_reader.EVT_P_DATA_TF)  # the same event
 
 
 @pytest.mark.parametrize("items, problem", [
