@@ -28,9 +28,9 @@ other the node logs once and keeps pynetdicom's reader.
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
-import types
 from collections.abc import Callable
 
 import pynetdicom
@@ -161,8 +161,9 @@ def _decode(dul: DULServiceProvider, data: bytearray) -> tuple[object, str]:
     return pdu, EVT_P_DATA_TF
 
 
-def _read_pdu_data(dul: DULServiceProvider) -> None:
-    """Drop-in for ``DULServiceProvider._read_pdu_data`` (bound to one association's DUL)."""
+def _read_pdu_data(dul: DULServiceProvider, on_bytes: Callable[[int], None] | None = None) -> None:
+    """Drop-in for ``DULServiceProvider._read_pdu_data`` (bound to one association's DUL);
+    ``on_bytes`` is told each PDU's size."""
     try:
         sock = dul.socket.socket
         if sock is None:
@@ -184,9 +185,8 @@ def _read_pdu_data(dul: DULServiceProvider) -> None:
                      _peer(dul), type(exc).__name__, exc)
         dul.event_queue.put(EVT_CONNECTION_CLOSED)
         return
-    reader = getattr(dul, "_node_reader", None)
-    if reader is not None and reader.on_bytes is not None:
-        reader.on_bytes(len(data))
+    if on_bytes is not None:
+        on_bytes(len(data))
     try:
         pdu, event = _decode(dul, data)
     except Exception as exc:  # pynetdicom's reader also turns any decoding failure into Evt19
@@ -225,5 +225,4 @@ class FastPduReader:
         """Bind the reader to the association's DUL (before its reactor thread starts)."""
         if self.active:
             dul = event.assoc.dul
-            dul._node_reader = self
-            dul._read_pdu_data = types.MethodType(_read_pdu_data, dul)
+            dul._read_pdu_data = functools.partial(_read_pdu_data, dul, self.on_bytes)

@@ -83,7 +83,7 @@ def test_pdu_reader_follows_the_configuration(start_node, monkeypatch, fast):
 
     calls = []
     original = pdu_reader._read_pdu_data
-    monkeypatch.setattr(pdu_reader, "_read_pdu_data", lambda dul: (calls.append(1), original(dul))[1])
+    monkeypatch.setattr(pdu_reader, "_read_pdu_data", lambda dul, *args: (calls.append(1), original(dul, *args))[1])
     counted = []
     count = EarlyWriteback.count
     monkeypatch.setattr(EarlyWriteback, "count", lambda self, n: (counted.append(n), count(self, n))[1])
