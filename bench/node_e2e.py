@@ -1,8 +1,8 @@
 """Node end to end: latency from sending a run to its SEG stored in Orthanc, against pure inference.
 
-A phantom cine run (default 60 frames of 1000x1000, :func:`training.phantom.generate_run`,
+A phantom cine run (default 60 frames of 1000x1000, :func:`tavidata.phantom.generate_run`,
 written as a real X-Ray Angiographic Image file by
-:func:`training.phantom.dicom_export.write_xa_run`) is sent with dcmtk ``storescu`` to the
+:func:`tavidata.phantom.dicom_export.write_xa_run`) is sent with dcmtk ``storescu`` to the
 node running as a separate process (``python -m taviseg serve --config FILE``) whose only
 destination is a real Orthanc (:func:`taviseg.orthanc.start_orthanc`). The latency runs from
 the start of the send until Orthanc's REST API lists a SEG referencing the run.
@@ -134,7 +134,7 @@ def write_run(path: Path, run, run_index: int) -> tuple[Path, str, str]:
     """Write ``run`` as an XA file whose UIDs depend on ``run_index``; (path, study, SOP UID)."""
     import pydicom
 
-    from training.phantom.dicom_export import write_xa_run
+    from tavidata.phantom.dicom_export import write_xa_run
 
     run = dataclasses.replace(run, meta={**run.meta, "run_index": run_index})
     write_xa_run(path, run, patient_id="BENCHE2E", series_number=run_index + 1)
@@ -268,7 +268,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     from segmentation.models.zoo import build_model
     from taviseg.orthanc import start_orthanc
     from tests.node.support import NodeProcess, base_config, write_config
-    from training.phantom import PhantomConfig, generate_run, patient_seed
+    from tavidata.phantom import PhantomConfig, generate_run, patient_seed
 
     # ---- model folder, phantom run files ----------------------------------------------------
     if args.model is None:

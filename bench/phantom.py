@@ -1,6 +1,6 @@
 """Phantom generation throughput on ONE core: our generator against the naive re-render.
 
-Our generator (:func:`training.phantom.generate_run`) draws the static scene of a run once
+Our generator (:func:`tavidata.phantom.generate_run`) draws the static scene of a run once
 (anatomy, devices, thorax, optics) and then renders each frame with a weighted sum of the
 heart layers, one smooth warp, a shift, noise and a tone LUT. The naive baseline rebuilds the
 whole scene for every frame (what a per-frame renderer without a static cache does), then
@@ -35,10 +35,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from training.phantom.case import sample_patient, sample_run  # noqa: E402
-from training.phantom.cohort import generate_run, patient_seed  # noqa: E402
-from training.phantom.config import PhantomConfig  # noqa: E402
-from training.phantom.imaging import build_scene  # noqa: E402
+from tavidata.phantom.case import sample_patient, sample_run  # noqa: E402
+from tavidata.phantom.cohort import generate_run, patient_seed  # noqa: E402
+from tavidata.phantom.config import PhantomConfig  # noqa: E402
+from tavidata.phantom.imaging import build_scene  # noqa: E402
 
 
 def naive_run(config: PhantomConfig, seed: int, n_frames: int, n_rendered: int) -> float:

@@ -105,8 +105,8 @@ def require_tool(name: str) -> str:
 
 def build_run_file(path: Path, *, frames: int, size: int, seed: int = 0) -> int:
     """Write a ``frames`` x ``size`` x ``size`` 8-bit phantom XA run (Explicit VR LE); its size in bytes."""
-    from training.phantom import PhantomConfig, generate_run, patient_seed
-    from training.phantom.dicom_export import write_xa_run
+    from tavidata.phantom import PhantomConfig, generate_run, patient_seed
+    from tavidata.phantom.dicom_export import write_xa_run
 
     config = PhantomConfig(size=size, seed=seed)
     run = generate_run(config, patient_seed(config, 0), 0, n_frames=frames)

@@ -43,7 +43,7 @@ from segmentation.models.zoo import build_model, padded_input_size  # noqa: E402
 from training.augment import build_train_transform  # noqa: E402
 from training.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
 from training.data import FrameDataset, make_loader  # noqa: E402
-from training.dataset.format import Dataset, DatasetWriter  # noqa: E402
+from tavidata.format import Dataset, DatasetWriter  # noqa: E402
 from training.loss import SoftDiceLoss, dice_per_frame  # noqa: E402
 from training.train import autocast_dtype_for, build_optimizer, resolve_device, train_one_epoch  # noqa: E402
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from taviseg.config import ConfigError, load_config, setting
+from tavicore.config import ConfigError, load_config, setting
 
 #: Output kinds a worker can produce for each segmented run.
 OUTPUT_KINDS = ("seg", "sr", "gsps", "sc")

@@ -1,6 +1,6 @@
 """Domain errors of the DICOM node; only the handlers turn them into DICOM status codes."""
 
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 
 class NodeError(TavisegError):

@@ -40,7 +40,7 @@ from dicom_node.config import ProcessingConfig
 from dicom_node.errors import NodeConfigError, NodeError, NotSegmentable, ProcessingError
 from dicom_node.pipeline import OutputObject, load_processor
 from dicom_node.spool import StoredInstance
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import zlib
 
 from pydicom.errors import BytesLengthException, InvalidDicomError
 
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 #: What pydicom raises, reading a header or converting a lazily read value, on bytes it cannot
 #: parse (all seen on bit-flipped or truncated files of bench/reliability): NotImplementedError for

@@ -153,7 +153,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _iter_dataset(root: Path) -> Iterator[FrameItem]:
-    from training.dataset.format import Dataset
+    from tavidata.format import Dataset
 
     ds = Dataset.load(root)
     for rec in ds.records:
@@ -390,7 +390,7 @@ def _write_seg(run: _DicomRun, out: Path, engine: InferenceEngine, series_number
             "masks, overlays and CSV were written for %s", exc, run.run.sop_instance_uid,
         )
         return None
-    from taviseg import __version__
+    from tavicore import __version__
 
     spec = engine.spec
     seg = build_segmentation(

@@ -1,10 +1,11 @@
-"""taviseg: DICOM-native aortic-root segmentation for TAVI angiography.
+"""taviseg: the command line and the demo, on top of every other package.
 
-This small package holds what the three pipeline packages share: the configuration loader
-(:mod:`taviseg.config`), the root of the domain-error hierarchy (:mod:`taviseg.errors`) and the
-``taviseg`` command line (:mod:`taviseg.cli`, one module per sub-command in
-:mod:`taviseg.commands`). The work itself lives in ``segmentation``, ``training`` and
-``dicom_node``.
+The work lives below: ``tavicore`` (configuration, errors, version, file and device helpers),
+``tavidata`` (data-set format, splits, phantom), ``segmentation`` (models, inference, DICOM
+I/O), ``dicom_node`` (the DICOM node) and ``training`` (train, tune, evaluate, report).
+Nothing imports this package.
 """
 
-__version__ = "0.1.0"
+from tavicore import __version__
+
+__all__ = ["__version__"]

@@ -13,8 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from taviseg import __version__
-from taviseg.errors import TavisegError
+from tavicore import __version__
+from tavicore.errors import TavisegError
 
 logger = logging.getLogger(__name__)
 

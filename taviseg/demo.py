@@ -28,8 +28,8 @@ from typing import Literal
 import numpy as np
 import yaml
 
-from taviseg.config import CONF_DIR, setting
-from taviseg.errors import TavisegError
+from tavicore.config import CONF_DIR, setting
+from tavicore.errors import TavisegError
 from taviseg.orthanc import OrthancServer, find_orthanc, free_port, start_orthanc, wait_until
 
 logger = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class DemoSummary:
 
 def prepare_cohort(cfg: DemoConfig, workdir: Path) -> Path:
     """Generate the phantom cohort with DICOM runs (reused when already there) and split it."""
-    from training.dataset.splits import SPLITS_FILENAME, split_dataset
-    from training.phantom import generate_cohort, load_phantom_preset
+    from tavidata.splits import SPLITS_FILENAME, split_dataset
+    from tavidata.phantom import generate_cohort, load_phantom_preset
 
     cohort = workdir / "cohort"
     if not (cohort / "manifest.csv").is_file():
@@ -132,8 +132,8 @@ def prepare_model(cfg: DemoConfig, workdir: Path, cohort: Path) -> Path:
 
 def held_out_runs(cfg: DemoConfig, cohort: Path) -> list[tuple[Path, Path]]:
     """(DICOM run, ground-truth file) pairs of the trained fold's test patients."""
-    from training.dataset.splits import load_splits
-    from training.phantom.dicom_export import ground_truth_path
+    from tavidata.splits import load_splits
+    from tavidata.phantom.dicom_export import ground_truth_path
 
     splits = load_splits(cohort)
     test_patients = set(splits.fold(cfg.fold).test)
@@ -267,7 +267,7 @@ def score_segmentation(seg_bytes: bytes, gt_file: Path, run_file: Path, out_png:
     from segmentation.dicom.reader import open_run
     from segmentation.dicom.seg import referenced_frames
     from segmentation.metrics import assd_mm, dice, hd95_mm
-    from training.phantom.dicom_export import read_ground_truth
+    from tavidata.phantom.dicom_export import read_ground_truth
 
     seg = pydicom.dcmread(io.BytesIO(seg_bytes))
     seg_frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns).astype(bool)

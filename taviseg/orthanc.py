@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 logger = logging.getLogger(__name__)
 

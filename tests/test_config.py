@@ -9,7 +9,7 @@ from typing import Literal, Optional
 
 import pytest
 
-from taviseg.config import (
+from tavicore.config import (
     ConfigError,
     apply_overrides,
     from_dict,
@@ -19,7 +19,7 @@ from taviseg.config import (
     setting,
     to_dict,
 )
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 
 class Device(enum.Enum):

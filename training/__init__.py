@@ -1,6 +1,6 @@
 """Offline training pipeline: dataset -> patient folds -> train -> tune -> evaluate -> report.
 
-Also home of the synthetic TAVI angiography phantom (:mod:`training.phantom`), the embedded
+Also home of the synthetic TAVI angiography phantom (:mod:`tavidata.phantom`), the embedded
 default data set.
 """
 

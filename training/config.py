@@ -7,8 +7,8 @@ One YAML file per configuration (see ``conf/train/``)::
     epochs: 35
     batch_size: auto
 
-Every key is checked by the project's one loader (:mod:`taviseg.config`): unknown or mistyped
-keys, wrong types and out-of-range values raise :class:`~taviseg.config.ConfigError` naming the
+Every key is checked by the project's one loader (:mod:`tavicore.config`): unknown or mistyped
+keys, wrong types and out-of-range values raise :class:`~tavicore.config.ConfigError` naming the
 file and the dotted key. Architecture and encoder names are checked against the model zoo.
 
 The augmentation defaults are the paper's parameters (BENCHMARK_SPEC.md, "Protocol"), written
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from taviseg.config import ConfigError, load_config, setting
+from tavicore.config import ConfigError, load_config, setting
 
 logger = logging.getLogger(__name__)
 

@@ -1,18 +1,10 @@
-"""Domain errors of the training package (data sets, splits, training, tuning, evaluation)."""
+"""Domain errors of the training package (training, tuning, evaluation, report)."""
 
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 
 class TrainingError(TavisegError):
     """Base class of errors raised by the training package."""
-
-
-class DatasetError(TrainingError):
-    """A data set, manifest, frame or mask is missing, malformed or inconsistent (names the path)."""
-
-
-class SplitError(TrainingError):
-    """A splits file is missing, malformed, or leaks a patient across sides."""
 
 
 class TuneError(TrainingError):

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from segmentation.inference.config import PostprocessConfig
-from taviseg.config import CONF_DIR, load_config, setting
+from tavicore.config import CONF_DIR, load_config, setting
 from training.errors import EvaluationError
 from training.stats import ConfidenceInterval, Comparison, bootstrap_ci, pairwise_comparisons
 
@@ -93,7 +93,7 @@ def load_evaluate_config(path: str | Path | None = None, overrides: Mapping[str,
         ConfigError: unknown key, wrong type, out-of-range value, missing explicit file.
     """
     if path is None and not DEFAULT_EVALUATE_CONFIG.is_file():
-        from taviseg.config import apply_overrides, from_dict
+        from tavicore.config import apply_overrides, from_dict
 
         return from_dict(EvaluateConfig, apply_overrides({}, overrides or {}), source="evaluate")
     return load_config(path or DEFAULT_EVALUATE_CONFIG, EvaluateConfig, overrides=overrides)
@@ -123,7 +123,7 @@ def check_selection(provenance: Mapping[str, Any], splits: Any, splits_hash: str
     from), ``provenance["selection"]`` (how the best epoch was chosen) and
     ``provenance["folds"][k]["best_epoch"]``. Verified when the hash equals ``splits_hash``
     (so fold k's train/val patients are exactly the ones in the scored splits, which
-    :func:`training.dataset.splits.check_splits` proved disjoint from its test patients), the
+    :func:`tavidata.splits.check_splits` proved disjoint from its test patients), the
     selection names validation data, and every evaluated fold has a recorded best epoch.
 
     Returns:
@@ -302,7 +302,7 @@ def _patient_row(name: str, fold: int, pid: str, rows: list[dict], aggregate: st
 
 
 def _save_examples(root: Path, name: str, best: list, worst: list) -> list[dict[str, Any]]:
-    from training.dataset.format import write_png
+    from tavidata.format import write_png
 
     folder = root / _safe(name)
     out = []
@@ -358,8 +358,8 @@ def evaluate(
         EvaluationError: no models, bad names, a folder trained on other splits.
         DatasetError / SplitError / ModelError: unreadable inputs.
     """
-    from training.dataset.format import Dataset
-    from training.dataset.splits import SPLITS_FILENAME, check_splits, load_splits
+    from tavidata.format import Dataset
+    from tavidata.splits import SPLITS_FILENAME, check_splits, load_splits
 
     cfg = cfg or load_evaluate_config()
     if not models:

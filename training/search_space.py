@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from taviseg.config import ConfigError, setting
+from tavicore.config import ConfigError, setting
 from training.config import ModelConfig, OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from taviseg.config import to_dict
+from tavicore.config import to_dict
 from training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -53,9 +53,10 @@ from training.checkpoint import (
 )
 from training.config import OptimConfig, TrainConfig
 from training.data import EvalFrameDataset, FrameDataset, derive_seed, fold_records, get_fold, make_loader
-from training.dataset.format import Dataset
-from training.dataset.splits import SPLITS_FILENAME, Splits, check_splits, load_splits
-from training.errors import NonFiniteLossError, SplitError, TrainingError
+from tavidata.format import Dataset
+from tavidata.splits import SPLITS_FILENAME, Splits, check_splits, load_splits
+from tavidata.errors import SplitError
+from training.errors import NonFiniteLossError, TrainingError
 from training.loss import SoftDiceLoss, dice_per_frame
 
 logger = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from taviseg.config import CONF_DIR, ConfigError, apply_overrides, from_dict, load_config, setting, to_dict
+from tavicore.config import CONF_DIR, ConfigError, apply_overrides, from_dict, load_config, setting, to_dict
 from training.config import TrainConfig, check_model_names, load_train_config
 from training.errors import NonFiniteLossError, TrainingError, TrialFailedError, TuneError
 from training.search_space import PARAM_NAMES, SearchSpace, apply_params, check_search_space, suggest
@@ -443,8 +443,8 @@ def run_tune(
         TuneError: storage cannot be opened.
         DatasetError / SplitError: data set or splits missing or inconsistent.
     """
-    from training.dataset.format import Dataset
-    from training.dataset.splits import SPLITS_FILENAME, check_splits, load_splits
+    from tavidata.format import Dataset
+    from tavidata.splits import SPLITS_FILENAME, check_splits, load_splits
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

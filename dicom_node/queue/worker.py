@@ -22,7 +22,7 @@ from dicom_node.metrics import NodeMetrics
 from dicom_node.outbox import Outbox
 from dicom_node.pipeline import RunProcessor
 from dicom_node.spool import Spool, StoredInstance
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 logger = logging.getLogger(__name__)
 

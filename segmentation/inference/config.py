@@ -1,4 +1,4 @@
-"""Typed inference configuration (``conf/inference.yaml``), loaded by :mod:`taviseg.config`."""
+"""Typed inference configuration (``conf/inference.yaml``), loaded by :mod:`tavicore.config`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from taviseg.config import CONF_DIR, load_config, setting
+from tavicore.config import CONF_DIR, load_config, setting
 
 #: The default configuration file.
 DEFAULT_INFERENCE_CONFIG = CONF_DIR / "inference.yaml"
@@ -68,6 +68,6 @@ def load_inference_config(path: str | Path | None = None, overrides: dict | None
     """Load ``conf/inference.yaml`` (or ``path``) into an :class:`InferenceConfig`.
 
     Raises:
-        taviseg.config.ConfigError: unknown key, wrong type or out-of-range value.
+        tavicore.config.ConfigError: unknown key, wrong type or out-of-range value.
     """
     return load_config(path or DEFAULT_INFERENCE_CONFIG, InferenceConfig, overrides=overrides)

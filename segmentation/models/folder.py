@@ -32,7 +32,7 @@ from segmentation.models.zoo import (
     canonical_encoder,
     padded_input_size,
 )
-from taviseg.config import ConfigError, from_dict, setting, to_dict
+from tavicore.config import ConfigError, from_dict, setting, to_dict
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One module per ``taviseg`` sub-command: ``HELP``, ``add_arguments(parser)``, ``run(args)``.
 
 Command modules are thin: they parse arguments, load configuration with
-:func:`taviseg.config.load_config` and call importable functions of ``segmentation``,
+:func:`tavicore.config.load_config` and call importable functions of ``segmentation``,
 ``training`` or ``dicom_node``.
 """

@@ -1,7 +1,7 @@
 """``taviseg dataset``: import, check, split and describe data sets.
 
-Thin wrapper over :mod:`training.dataset` (importers, :func:`~training.dataset.check.check_dataset`,
-:func:`~training.dataset.splits.split_dataset`, :func:`~training.dataset.info.describe_dataset`).
+Thin wrapper over :mod:`training.importers` (importers, :func:`~tavidata.check.check_dataset`,
+:func:`~tavidata.splits.split_dataset`, :func:`~tavidata.info.describe_dataset`).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ _FLAG_KEYS = ("name", "skip_unmatched", "spacing_mm", "pattern", "images_dir", "
 
 
 def _import(args: argparse.Namespace) -> int:
-    from taviseg.config import apply_overrides, from_dict, load_config, parse_override
+    from tavicore.config import apply_overrides, from_dict, load_config, parse_override
     from training.dataset import importers
 
     config_cls, run = {
@@ -123,7 +123,7 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from training.dataset.check import check_dataset
+    from tavidata.check import check_dataset
 
     report = check_dataset(args.root, progress=sys.stderr.isatty())
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
@@ -131,8 +131,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
-    from training.dataset.format import Dataset
-    from training.dataset.splits import fold_summary, split_dataset
+    from tavidata.format import Dataset
+    from tavidata.splits import fold_summary, split_dataset
 
     splits, path = split_dataset(args.root, k=args.k, seed=args.seed, val_fraction=args.val_fraction,
                                  force=args.force)
@@ -150,7 +150,7 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from training.dataset.info import describe_dataset
+    from tavidata.info import describe_dataset
 
     info = describe_dataset(args.root)
     if args.json:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from taviseg.config import CONF_DIR, parse_override
+from tavicore.config import CONF_DIR, parse_override
 
 HELP = "see it work: phantom -> train -> node -> Orthanc, scored against ground truth"
 DESCRIPTION = (
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; returns 0 when every sent run came back with a SEG."""
-    from taviseg.config import load_config
+    from tavicore.config import load_config
     from taviseg.demo import DemoConfig, run_demo
 
     overrides = dict(parse_override(o) for o in args.overrides)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from taviseg.config import parse_override
+from tavicore.config import parse_override
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``taviseg phantom``: generate a synthetic TAVI aortography cohort (frames + masks).
 
-Thin wrapper over :func:`training.phantom.generate_cohort` with a preset of
+Thin wrapper over :func:`tavidata.phantom.generate_cohort` with a preset of
 ``conf/phantom.yaml`` (or another presets file) and a few overrides.
 """
 
@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the cohort and print where it is with a one-line summary."""
-    from taviseg.config import from_dict, to_dict
-    from training.phantom import generate_cohort, load_phantom_preset
-    from training.phantom.config import PRESETS_FILE, PhantomConfig
-    from training.phantom.stats import describe
+    from tavicore.config import from_dict, to_dict
+    from tavidata.phantom import generate_cohort, load_phantom_preset
+    from tavidata.phantom.config import PRESETS_FILE, PhantomConfig
+    from tavidata.phantom.stats import describe
 
     config = load_phantom_preset(args.preset, path=args.presets_file or PRESETS_FILE)
     overrides = {k: v for k, v in (("seed", args.seed), ("patients", args.patients), ("size", args.size))

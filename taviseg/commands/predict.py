@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     from segmentation.inference.config import load_inference_config
     from segmentation.predict import predict_paths
-    from taviseg.config import parse_override
+    from tavicore.config import parse_override
 
     overrides = dict(parse_override(o) for o in args.set)
     flags = {"backend": args.backend, "device": args.device, "batch_size": args.batch_size,

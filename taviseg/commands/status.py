@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from taviseg.config import CONF_DIR
+from tavicore.config import CONF_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from taviseg.config import parse_override
+from tavicore.config import parse_override
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(path: Path) -> Path:
     """``path`` if it exists, else ``conf/train/<path>.yaml`` when that exists, else ``path``."""
-    from taviseg.config import CONF_DIR
+    from tavicore.config import CONF_DIR
 
     if path.exists():
         return path

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from taviseg.config import parse_override
+from tavicore.config import parse_override
 
 logger = logging.getLogger(__name__)
 

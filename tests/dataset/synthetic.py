@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.dataset.format import DatasetWriter
+from tavidata.format import DatasetWriter
 
 
 def frame(seed: int, size: tuple[int, int] = (32, 32)) -> np.ndarray:

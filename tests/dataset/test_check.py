@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from training.dataset.check import ProblemKind, check_dataset
-from training.dataset.format import Dataset
-from training.dataset.splits import make_splits, save_splits
-from training.errors import DatasetError
+from tavidata.check import ProblemKind, check_dataset
+from tavidata.format import Dataset
+from tavidata.splits import make_splits, save_splits
+from tavidata.errors import DatasetError
 
 from tests.dataset.synthetic import write_dataset
 

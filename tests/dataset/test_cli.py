@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from taviseg.cli import main
-from training.dataset.format import Dataset
+from tavidata.format import Dataset
 
 from tests.dataset.synthetic import box_mask, frame
 

@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from taviseg.config import ConfigError
-from training.dataset.format import PAPER_PIXEL_SPACING_MM, Dataset
-from training.dataset.importers import ReleaseImportConfig, import_release
-from training.dataset.importers.masks import mask_from_array
-from training.errors import DatasetError
+from tavicore.config import ConfigError
+from tavidata.format import PAPER_PIXEL_SPACING_MM, Dataset
+from training.importers import ReleaseImportConfig, import_release
+from training.importers.masks import mask_from_array
+from tavidata.errors import DatasetError
 
 from tests.dataset.synthetic import box_mask, frame
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.dataset.format import Dataset, FrameRecord
-from training.dataset.splits import (
+from tavidata.format import Dataset, FrameRecord
+from tavidata.splits import (
     SPLITS_FILENAME,
     Fold,
     Splits,
@@ -20,7 +20,7 @@ from training.dataset.splits import (
     save_splits,
     split_dataset,
 )
-from training.errors import SplitError
+from tavidata.errors import SplitError
 
 from tests.dataset.synthetic import write_dataset
 
@@ -102,7 +102,7 @@ def test_save_load_round_trip_and_refuse_overwrite(tmp_path):
 
 
 def _tamper(path: Path, edit, *, fix_checksum: bool) -> None:
-    from training.dataset.splits import _body, _checksum  # the file's own checksum rule
+    from tavidata.splits import _body, _checksum  # the file's own checksum rule
 
     doc = json.loads(path.read_text())
     edit(doc)

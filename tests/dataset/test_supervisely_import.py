@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
-from training.dataset.format import Dataset
-from training.dataset.importers import SuperviselyImportConfig, import_supervisely
-from training.dataset.importers.supervisely import decode_bitmap, rasterize_polygon
-from training.errors import DatasetError
+from tavidata.format import Dataset
+from training.importers import SuperviselyImportConfig, import_supervisely
+from training.importers.supervisely import decode_bitmap, rasterize_polygon
+from tavidata.errors import DatasetError
 
 from tests.dataset.synthetic import box_mask, frame
 
@@ -75,7 +75,7 @@ def test_bitmap_polygon_and_empty_frames(tmp_path):
 
 def test_bitmap_is_clipped_at_the_border():
     mask = np.zeros((32, 32), bool)
-    from training.dataset.importers.supervisely import paste_bitmap
+    from training.importers.supervisely import paste_bitmap
     paste_bitmap(mask, np.ones((5, 5), bool), [29, -2], "test")
     np.testing.assert_array_equal(mask, box_mask(0, 3, 29, 32))
 

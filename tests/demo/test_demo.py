@@ -13,7 +13,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from taviseg.config import load_config
+from tavicore.config import load_config
 from taviseg.demo import DemoConfig, run_demo
 from tests.conftest import REPO, require_tool
 

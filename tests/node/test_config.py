@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from dicom_node.config import load_node_config
-from taviseg.config import CONF_DIR, ConfigError
+from tavicore.config import CONF_DIR, ConfigError
 from tests.conftest import REPO
 from tests.node.support import base_config, write_config
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from taviseg.cli import main
-from training.dataset.format import Dataset
-from training.phantom.contact_sheet import OUTLINE_BGR, make_contact_sheet
-from training.phantom.stats import frame_stats, summarize
+from tavidata.format import Dataset
+from tavidata.phantom.contact_sheet import OUTLINE_BGR, make_contact_sheet
+from tavidata.phantom.stats import frame_stats, summarize
 
 
 def test_cli_tiny_preset(tmp_path, capsys) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from taviseg.config import ConfigError, from_dict
-from training.phantom.config import PhantomConfig, load_phantom_preset, preset_names
-from training.phantom.cohort import frame_plan
+from tavicore.config import ConfigError, from_dict
+from tavidata.phantom.config import PhantomConfig, load_phantom_preset, preset_names
+from tavidata.phantom.cohort import frame_plan
 
 
 def test_presets_load_with_the_documented_sizes() -> None:

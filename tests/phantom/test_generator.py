@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from training.phantom import PhantomConfig, generate_run, patient_seed
-from training.phantom.config import STAGES
-from training.phantom.stats import frame_stats, summarize
+from tavidata.phantom import PhantomConfig, generate_run, patient_seed
+from tavidata.phantom.config import STAGES
+from tavidata.phantom.stats import frame_stats, summarize
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes() -> None:

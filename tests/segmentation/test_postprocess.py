@@ -14,7 +14,7 @@ from segmentation.inference.postprocess import (
     postprocess_mask,
     threshold_mask,
 )
-from taviseg.config import ConfigError
+from tavicore.config import ConfigError
 
 
 def _two_blobs_with_hole() -> np.ndarray:

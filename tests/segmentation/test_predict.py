@@ -15,7 +15,7 @@ from segmentation.inference.config import InferenceConfig
 from segmentation.predict import predict_paths
 from taviseg.cli import main as cli_main
 from tests.segmentation.conftest import smooth_frames
-from training.dataset.format import DatasetWriter
+from tavidata.format import DatasetWriter
 
 EAGER = InferenceConfig(backend="eager", device="cpu", batch_size=3)
 
@@ -63,7 +63,7 @@ def test_predict_on_a_dataset_writes_metrics(linknet_folder, tmp_path):
     summary = predict_paths([tmp_path / "ds"], linknet_folder, tmp_path / "out", EAGER)
     rows = _rows(summary.csv_path)
     assert summary.frames == 4 == summary.frames_with_ground_truth and len(rows) == 4
-    from training.dataset.format import Dataset
+    from tavidata.format import Dataset
 
     ds = Dataset.load(tmp_path / "ds")
     for rec, row in zip(ds.records, rows):

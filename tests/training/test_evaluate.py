@@ -23,8 +23,8 @@ from segmentation import metrics
 from segmentation.models.folder import ModelSpec, save_model_folder
 from segmentation.models.zoo import build_model
 from taviseg.cli import main
-from training.dataset.format import Dataset, DatasetWriter
-from training.dataset.splits import SPLITS_FILENAME, load_splits, make_splits, save_splits
+from tavidata.format import Dataset, DatasetWriter
+from tavidata.splits import SPLITS_FILENAME, load_splits, make_splits, save_splits
 from training.errors import EvaluationError
 from training.evaluate import check_selection, evaluate, load_evaluate_config, splits_sha256
 

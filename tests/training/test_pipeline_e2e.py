@@ -21,8 +21,8 @@ import torch
 import yaml
 
 from taviseg.cli import main
-from training.dataset.format import Dataset
-from training.dataset.splits import load_splits
+from tavidata.format import Dataset
+from tavidata.splits import load_splits
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODELS = {"linknet": "linknet", "fpn": "fpn"}
@@ -46,7 +46,7 @@ def read(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_train_tune_evaluate_report_on_phantom(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from training.phantom import generate_cohort, load_phantom_preset
+    from tavidata.phantom import generate_cohort, load_phantom_preset
 
     preset = load_phantom_preset("tiny")
     data = generate_cohort(tmp_path / "data", dataclasses.replace(preset, size=64))

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from taviseg.config import CONF_DIR
+from tavicore.config import CONF_DIR
 from training.config import load_train_config
-from training.dataset.format import Dataset, DatasetWriter
-from training.dataset.splits import SPLITS_FILENAME, load_splits, make_splits, save_splits
-from training.errors import DatasetError, SplitError, TrainingError
+from tavidata.format import Dataset, DatasetWriter
+from tavidata.splits import SPLITS_FILENAME, load_splits, make_splits, save_splits
+from tavidata.errors import DatasetError, SplitError
+from training.errors import TrainingError
 
 TINY = CONF_DIR / "train" / "cpu_tiny.yaml"
 EPOCHS = 4
@@ -50,7 +51,7 @@ def write_synthetic_dataset(root: Path, *, patients: int = 4, frames: int = 4, s
 def make_tiny_dataset(root: Path) -> Path:
     """The phantom "tiny" cohort if the phantom package is present, else a synthetic set; with splits."""
     try:
-        from training.phantom import generate_cohort, load_phantom_preset
+        from tavidata.phantom import generate_cohort, load_phantom_preset
     except ImportError:
         return write_synthetic_dataset(root)
     generate_cohort(root, load_phantom_preset("tiny"), progress=False)

@@ -9,7 +9,7 @@ import torch
 from training.batch_size import resolve_batch_size, search_batch_size
 from training.config import CPU_AUTO_BATCH_SIZE, load_train_config
 from training.errors import TrainingError
-from taviseg.config import CONF_DIR
+from tavicore.config import CONF_DIR
 
 GIB = 2**30
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from taviseg.config import CONF_DIR, ConfigError
+from tavicore.config import CONF_DIR, ConfigError
 from training.config import TrainConfig, load_train_config
 
 TRAIN_CONF = CONF_DIR / "train"

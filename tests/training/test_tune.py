@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from segmentation.errors import ModelError
-from taviseg.config import ConfigError
+from tavicore.config import ConfigError
 from training.config import load_train_config
-from training.dataset.format import Dataset, DatasetWriter
-from training.dataset.splits import SPLITS_FILENAME, make_splits, save_splits
+from tavidata.format import Dataset, DatasetWriter
+from tavidata.splits import SPLITS_FILENAME, make_splits, save_splits
 from training.errors import TrainingError
 from training.search_space import PAPER_SEARCH_SPACE, SearchSpace, apply_params, suggest
 from training.train import EpochResult, FoldResult

@@ -22,8 +22,8 @@ import yaml
 
 from tests.conftest import REPO
 from tests.peers import postgres_server
-from training.dataset.format import Dataset, DatasetWriter
-from training.dataset.splits import SPLITS_FILENAME, make_splits, save_splits
+from tavidata.format import Dataset, DatasetWriter
+from tavidata.splits import SPLITS_FILENAME, make_splits, save_splits
 
 WORKER_TIMEOUT_S = 240
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.dataset.format import Dataset
-from training.errors import SplitError
+from tavidata.format import Dataset
+from tavidata.errors import SplitError
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Runs and cohorts: :func:`generate_run` makes one cine run, :func:`generate_cohort` a data set.
 
-A cohort folder is a data set in the project's format (:mod:`training.dataset.format`) with
+A cohort folder is a data set in the project's format (:mod:`tavidata.format`) with
 patients ``P001``..., runs ``run01``..., one PNG per frame and per mask, plus ``runs.json``
 (every run's settings: stage, difficulty, valve, view, timing...), ``contact_sheet.png`` and,
 with ``dicom=True``, one multi-frame X-Ray Angiographic Image per run under
 ``dicom/<patient>/<run>.dcm`` with its ground truth beside it (see
-:mod:`training.phantom.dicom_export`).
+:mod:`tavidata.phantom.dicom_export`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from taviseg.config import to_dict
-from training.dataset.format import DatasetWriter
-from training.phantom.case import sample_patient, sample_run, stages_for_patient
-from training.phantom.config import PhantomConfig
-from training.phantom.contact_sheet import make_contact_sheet, make_tile
-from training.phantom.imaging import build_scene
-from training.phantom.stats import REAL_TAVI_RANGES, describe, frame_stats, summarize
+from tavicore.config import to_dict
+from tavidata.format import DatasetWriter
+from tavidata.phantom.case import sample_patient, sample_run, stages_for_patient
+from tavidata.phantom.config import PhantomConfig
+from tavidata.phantom.contact_sheet import make_contact_sheet, make_tile
+from tavidata.phantom.imaging import build_scene
+from tavidata.phantom.stats import REAL_TAVI_RANGES, describe, frame_stats, summarize
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def generate_cohort(out_dir: str | Path, config: PhantomConfig, *, progress: boo
     writer = DatasetWriter(out, name=f"phantom-{config.name}", overwrite=overwrite,
                            meta={"source": "taviseg phantom", "config": to_dict(config)})
     if dicom:
-        from training.phantom.dicom_export import study_uid_for, write_run_with_ground_truth
+        from tavidata.phantom.dicom_export import study_uid_for, write_run_with_ground_truth
     tiles: list[tuple[np.ndarray, None, str]] = []
     tile_every = max(1, (config.patients * config.runs_per_patient) // CONTACT_SHEET_TILES)
     runs_meta = []

@@ -24,8 +24,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from training.dataset.importers.naming import label_matches
-from training.errors import DatasetError
+from training.importers.naming import label_matches
+from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

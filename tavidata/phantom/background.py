@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from training.phantom import raster
+from tavidata.phantom import raster
 
 logger = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from taviseg.config import ConfigError, setting
-from training.dataset.format import PAPER_PIXEL_SPACING_MM
-from training.dataset.importers.masks import read_image_file
-from training.dataset.importers.naming import (
+from tavicore.config import ConfigError, setting
+from tavidata.format import PAPER_PIXEL_SPACING_MM
+from training.importers.masks import read_image_file
+from training.importers.naming import (
     DEFAULT_PATTERN,
     DEFAULT_RUN_ID,
     FrameName,
@@ -54,8 +54,8 @@ from training.dataset.importers.naming import (
     number_frames,
     parse_name,
 )
-from training.dataset.importers.output import ImportResult, staged_writer
-from training.errors import DatasetError
+from training.importers.output import ImportResult, staged_writer
+from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from training.dataset.format import Dataset, FrameRecord
-from training.dataset.splits import SPLITS_FILENAME, check_splits, load_splits
-from training.errors import DatasetError, SplitError
+from tavidata.format import Dataset, FrameRecord
+from tavidata.splits import SPLITS_FILENAME, check_splits, load_splits
+from tavidata.errors import DatasetError, SplitError
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.errors import DatasetError
+from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from taviseg.config import setting
-from training.dataset.format import PAPER_PIXEL_SPACING_MM
-from training.dataset.importers.masks import read_image_file, read_mask_file
-from training.dataset.importers.naming import (
+from tavicore.config import setting
+from tavidata.format import PAPER_PIXEL_SPACING_MM
+from training.importers.masks import read_image_file, read_mask_file
+from training.importers.naming import (
     DEFAULT_PATTERN,
     IMAGE_SUFFIXES,
     FrameName,
@@ -31,8 +31,8 @@ from training.dataset.importers.naming import (
     number_frames,
     parse_name,
 )
-from training.dataset.importers.output import ImportResult, staged_writer
-from training.errors import DatasetError
+from training.importers.output import ImportResult, staged_writer
+from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from taviseg.config import ConfigError
-from training.errors import DatasetError
+from tavicore.config import ConfigError
+from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

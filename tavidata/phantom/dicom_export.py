@@ -37,11 +37,11 @@ from pydicom.uid import (
     XRayAngiographicImageStorage,
 )
 
-from taviseg import __version__
-from training.errors import DatasetError
+from tavicore import __version__
+from tavidata.errors import DatasetError
 
 if TYPE_CHECKING:
-    from training.phantom.cohort import PhantomRun
+    from tavidata.phantom.cohort import PhantomRun
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import importlib.resources
 import logging
 import types
 import typing
@@ -29,14 +30,15 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
-from taviseg.errors import TavisegError
+from tavicore.errors import TavisegError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Folder holding the project's YAML configuration (``conf/`` beside the packages).
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+#: Folder holding the project's default YAML configuration: the ``conf`` data package, found
+#: through the installed distribution (editable or not), never through the source tree.
+CONF_DIR = Path(str(importlib.resources.files("conf")))
 
 
 class ConfigError(TavisegError, ValueError):

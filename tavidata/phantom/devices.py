@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.phantom import raster
-from training.phantom.anatomy import RootGeometry, Ventricle
+from tavidata.phantom import raster
+from tavidata.phantom.anatomy import RootGeometry, Ventricle
 
 logger = logging.getLogger(__name__)
 

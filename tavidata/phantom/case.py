@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from training.phantom.anatomy import RootSizes, sample_root_sizes
-from training.phantom.background import BodyOptions
-from training.phantom.config import STAGES, PhantomConfig
-from training.phantom.devices import DeviceOptions
+from tavidata.phantom.anatomy import RootSizes, sample_root_sizes
+from tavidata.phantom.background import BodyOptions
+from tavidata.phantom.config import STAGES, PhantomConfig
+from tavidata.phantom.devices import DeviceOptions
 
 logger = logging.getLogger(__name__)
 

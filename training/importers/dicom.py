@@ -41,12 +41,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import iter_pixels
 from tqdm import tqdm
 
-from taviseg.config import setting
-from training.dataset.format import PAPER_PIXEL_SPACING_MM
-from training.dataset.importers.dicom_seg import SegmentationMasks, is_segmentation, read_segmentation
-from training.dataset.importers.output import ImportResult, staged_writer
-from training.dataset.importers.supervisely import DEFAULT_CLASS_NAMES
-from training.errors import DatasetError
+from tavicore.config import setting
+from tavidata.format import PAPER_PIXEL_SPACING_MM
+from training.importers.dicom_seg import SegmentationMasks, is_segmentation, read_segmentation
+from training.importers.output import ImportResult, staged_writer
+from training.importers.supervisely import DEFAULT_CLASS_NAMES
+from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

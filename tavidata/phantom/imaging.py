@@ -23,14 +23,14 @@ import cv2
 import numpy as np
 from scipy.special import ndtri
 
-from training.phantom import raster
-from training.phantom.anatomy import (
+from tavidata.phantom import raster
+from tavidata.phantom.anatomy import (
     RootGeometry, Ventricle, calcium_field, coronary_paths, heart_shadow, place_root, sample_ventricle,
     ventricle_field,
 )
-from training.phantom.background import render_background
-from training.phantom.case import PatientProfile, RunCase
-from training.phantom.devices import render_devices
+from tavidata.phantom.background import render_background
+from tavidata.phantom.case import PatientProfile, RunCase
+from tavidata.phantom.devices import render_devices
 
 logger = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ def build_scene(rng: np.random.Generator, case: RunCase, patient: PatientProfile
     """Draw and compose the static layers of a run.
 
     Args:
-        rng: The run's random generator (after :func:`~training.phantom.case.sample_run`).
+        rng: The run's random generator (after :func:`~tavidata.phantom.case.sample_run`).
         case: The run's settings.
         patient: The patient's lasting features.
 

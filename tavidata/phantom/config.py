@@ -1,7 +1,7 @@
 """Typed settings of the phantom and its presets (``conf/phantom.yaml``).
 
 A preset is one top-level section of ``conf/phantom.yaml`` loaded into :class:`PhantomConfig`
-by the project's one loader (:func:`taviseg.config.load_config`), so an unknown or mistyped key
+by the project's one loader (:func:`tavicore.config.load_config`), so an unknown or mistyped key
 is an error that names it.
 """
 
@@ -11,8 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from taviseg.config import CONF_DIR, ConfigError, load_config, read_yaml, setting
-from training.dataset.format import PAPER_PIXEL_SPACING_MM
+from tavicore.config import CONF_DIR, ConfigError, load_config, read_yaml, setting
+from tavidata.format import PAPER_PIXEL_SPACING_MM
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.phantom import raster
+from tavidata.phantom import raster
 
 logger = logging.getLogger(__name__)
 
