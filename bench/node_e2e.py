@@ -4,7 +4,7 @@ A phantom cine run (default 60 frames of 1000x1000, :func:`tavidata.phantom.gene
 written as a real X-Ray Angiographic Image file by
 :func:`tavidata.phantom.dicom_export.write_xa_run`) is sent with dcmtk ``storescu`` to the
 node running as a separate process (``python -m taviseg serve --config FILE``) whose only
-destination is a real Orthanc (:func:`taviseg.orthanc.start_orthanc`). The latency runs from
+destination is a real Orthanc (:func:`testkit.orthanc.start_orthanc`). The latency runs from
 the start of the send until Orthanc's REST API lists a SEG referencing the run.
 
 Baseline, measured in the same run: pure inference, i.e. ``InferenceEngine.predict`` (same
@@ -266,8 +266,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     from segmentation.inference.engine import InferenceEngine
     from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder
     from segmentation.models.zoo import build_model
-    from taviseg.orthanc import start_orthanc
-    from tests.node.support import NodeProcess, base_config, write_config
+    from testkit.orthanc import start_orthanc
+    from testkit.node import NodeProcess, base_config, write_config
     from tavidata.phantom import PhantomConfig, generate_run, patient_seed
 
     # ---- model folder, phantom run files ----------------------------------------------------
@@ -331,8 +331,8 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     pacs = start_orthanc(work / "orthanc")
     node = None
     try:
-        processing = {"processor_factory": None, "model_folder": str(model_dir), "device": args.device,
-                      "backend": args.backend, "batch_size": args.batch,
+        processing = {"processor_factory": None, "model_folder": str(model_dir),
+                      "inference": {"device": args.device, "backend": args.backend, "batch_size": args.batch},
                       "outputs": [o.strip() for o in args.outputs.split(",") if o.strip()]}
         cfg = base_config(state, processing=processing, metrics={"enabled": True, "port": 0},
                           destinations=[{"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1",

@@ -24,7 +24,7 @@ acknowledged may still be only in the page cache. On 2 cores with a disk that wr
 and the early write-back (:class:`dicom_node.scp.EarlyWriteback`) overlaps most of the disk
 writes with the transfer, so the node lands at storescp's speed (bench/RESULTS.md).
 
-    .venv/bin/python bench/receive.py [--frames 100] [--size 1000] [--repeats 5] [--decompose]
+    .venv/bin/python bench/receive.py [--frames 100] [--size 1000] [--repeats 5] [--decompose] [--cpu]
 
 ``--decompose`` adds, interleaved with the others, a second node with pynetdicom's own PDU
 reader (``limits.fast_pdu_reader: false``: "node/pynetdicom-reader"), and pynetdicom alone with
@@ -34,6 +34,10 @@ node's early write-back running during the transfer ("bare+writeback": the node'
 without the rest of the node), and without fsync but with pynetdicom's own reader
 ("bare/pynetdicom-reader"). It prints each receiver's median against storescp on stderr: what
 the reader gains, what durability costs, and what the rest of the node adds.
+
+``--cpu`` also reads the user and system CPU time of the node's process and of storescp from
+``/proc/PID/stat`` before and after each send (the node's receiving runs in its main process;
+its processing process is not counted) and prints the medians per send on stderr.
 
 About 15 s with the defaults on 2 busy cores (phantom generation included), 45 s with
 ``--decompose --repeats 8``.
@@ -61,7 +65,8 @@ if str(REPO) not in sys.path:
 from dicom_node.config import ProcessingConfig  # noqa: E402
 from dicom_node.errors import NotSegmentable  # noqa: E402
 from dicom_node.pipeline import OutputObject  # noqa: E402
-from dicom_node.spool import StoredInstance, fsync_file  # noqa: E402
+from dicom_node.spool import StoredInstance  # noqa: E402
+from tavicore.fileio import fsync_file  # noqa: E402
 
 logger = logging.getLogger("bench.receive")
 
@@ -216,12 +221,13 @@ class BareScp:
 
     def __init__(self, folder: Path) -> None:
         from pynetdicom import AE, evt
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom.sop_class import Verification, XRayAngiographicImageStorage
 
         from dicom_node.pdu_reader import FastPduReader
         from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
         from dicom_node.scp import EarlyWriteback
-        from taviseg.orthanc import free_port
+        from testkit.orthanc import free_port
 
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -235,7 +241,7 @@ class BareScp:
         TEMP_FOLDER.acquire(id(self), str(folder))
         ae = AE("BARE")
         ae.maximum_pdu_size = 0
-        ae.add_supported_context(XRayAngiographicImageStorage, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        ae.add_supported_context(XRayAngiographicImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.add_supported_context(Verification)
         self.port = free_port()
         self.server = ae.start_server(("127.0.0.1", self.port), block=False,
@@ -277,6 +283,18 @@ class BareScp:
         RECEIVE_TO_DISK.release(id(self))
 
 
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds used so far by process ``pid``, from ``/proc/PID/stat``.
+
+    Raises:
+        OSError: the process is gone or ``/proc`` is not there (not Linux).
+    """
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": fields 3, 4, ... of proc(5)
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks  # utime, stime: fields 14 and 15
+
+
 def node_store_seconds(metrics_port: int) -> tuple[float, int]:
     """(sum, count) of the node's C-STORE handler histogram (durable store, after the data arrived)."""
     import urllib.request
@@ -302,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decompose", action="store_true",
                         help="also time bare pynetdicom (node settings) without and with fsync, and with "
                              "pynetdicom's own PDU reader (stderr)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="also report the receivers' user and system CPU seconds per send, read from "
+                             "/proc/PID/stat (stderr)")
     parser.add_argument("-v", "--verbose", action="store_true", help="INFO diagnostics on stderr")
     args = parser.parse_args(argv)
     if args.frames < 1 or args.repeats < 1 or args.size < 64:
@@ -311,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
-    from tests.node.support import NodeProcess, base_config, journal_counts, write_config
-    from taviseg.orthanc import free_port
+    from testkit.node import NodeProcess, base_config, journal_counts, write_config
+    from testkit.orthanc import free_port
 
     tmp = None
     if args.keep is None:
@@ -357,11 +378,14 @@ def main(argv: list[str] | None = None) -> int:
             os.sync()
 
         times: dict[str, list[float]] = {t: [] for t in targets}
+        cpu: dict[str, list[tuple[float, float]]] = {t: [] for t in targets if not t.startswith("bare")}
+        pids = {"storescp": scp.proc.pid, **{name: n.proc.pid for name, n in nodes.items()}}
         handler: list[float] = []
         for i in range(args.repeats):
             order = targets if i % 2 == 0 else targets[::-1]
             for target in order:
                 settle()
+                cpu_before = cpu_seconds(pids[target]) if args.cpu and target in pids else None
                 if target.startswith("bare"):
                     bare.configure(target)
                     elapsed = send_file(path, bare.port, "BARE")
@@ -382,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
                     if target == "node":
                         handler.append(node_store_seconds(metrics_port)[0] - before[0])
                 times[target].append(elapsed)
+                if cpu_before is not None:
+                    user, system = cpu_seconds(pids[target])
+                    cpu[target].append((user - cpu_before[0], system - cpu_before[1]))
                 logger.info("send %d to %-8s %.3f s (%.0f MB/s)", i + 1, target, elapsed, size_bytes / 1e6 / elapsed)
         settle()
     finally:
@@ -401,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
                 "(header check, fsync, rename, journal) median %.3f s of median send %.3f s",
                 best["node"], best["storescp"], best["node"] / best["storescp"],
                 statistics.median(handler), statistics.median(times["node"]))
+    if args.cpu:
+        print("cpu per send (medians, user + system): " + ", ".join(
+            f"{k} {statistics.median(u for u, _ in v):.2f} s + {statistics.median(s for _, s in v):.2f} s"
+            for k, v in cpu.items()), file=sys.stderr)
     if args.decompose:
         print("decomposition (medians): " + ", ".join(
             f"{k} {fmt(v)} MB/s ({v / med['storescp']:.2f}x)" for k, v in med.items()), file=sys.stderr)

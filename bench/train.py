@@ -45,7 +45,8 @@ from training.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
 from training.data import FrameDataset, make_loader  # noqa: E402
 from tavidata.format import Dataset, DatasetWriter  # noqa: E402
 from training.loss import SoftDiceLoss, dice_per_frame  # noqa: E402
-from training.train import autocast_dtype_for, build_optimizer, resolve_device, train_one_epoch  # noqa: E402
+from training.optim import build_optimizer  # noqa: E402
+from training.train import autocast_dtype_for, resolve_device, train_one_epoch  # noqa: E402
 
 logger = logging.getLogger("bench.train")
 

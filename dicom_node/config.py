@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tavicore.config import ConfigError, load_config, setting
+from segmentation.inference.config import InferenceConfig, check_inference_section
+from tavicore.config import ConfigError, apply_overrides, from_dict, read_yaml, setting
 
 #: Output kinds a worker can produce for each segmented run.
 OUTPUT_KINDS = ("seg", "sr", "gsps", "sc")
@@ -111,24 +112,27 @@ class LimitsConfig:
 
 @dataclass(frozen=True)
 class ProcessingConfig:
-    """How received runs are segmented and what is written."""
+    """How received runs are segmented and what is written.
+
+    The model's own settings (device, backend, batch size, folds, TTA, post-processing,
+    confidence, threads) are the ``inference`` section: an
+    :class:`~segmentation.inference.config.InferenceConfig`, the schema ``taviseg predict``
+    and ``taviseg evaluate`` read too.
+    """
 
     model_folder: Path | None = setting(None, doc="model folder (config.json + fold weights)")
-    device: str = setting("auto", doc="auto, cpu, cuda or cuda:N")
-    backend: Literal["auto", "eager", "onnx", "bf16"] = setting(
-        "auto", doc="inference backend (auto: GPU eager+autocast, CPU ONNX Runtime)"
-    )
-    batch_size: int = setting(8, ge=1, le=1024, doc="frames per inference batch")
     chunk_frames: int = setting(64, ge=1, le=100000, doc="frames decoded and predicted at once")
     workers: int = setting(1, ge=1, le=64, doc="runs processed concurrently")
-    folds: tuple[int, ...] | None = setting(None, doc="folds of the ensemble (None: all)")
-    tta: bool = setting(False, doc="test-time augmentation")
     outputs: tuple[str, ...] = setting(("seg",), doc="output kinds: seg, sr, gsps, sc")
     series_number: int = setting(9100, ge=1, le=2**31 - 1, doc="first series number of outputs")
     uid_root: str | None = setting(None, doc="UID root of output objects, ending with '.'")
     keep_processed: bool = setting(False, doc="keep received instances after processing")
     processor_factory: str | None = setting(
         None, doc="module:function returning a RunProcessor (integrations/tests; None: the model)"
+    )
+    inference: InferenceConfig = setting(
+        default_factory=InferenceConfig,
+        doc="how the model runs: the schema of conf/inference.yaml (onnx_cache_dir null: <state_dir>/onnx-cache)",
     )
 
     def __post_init__(self) -> None:
@@ -259,7 +263,14 @@ def load_node_config(path: str | Path, overrides: dict[str, Any] | None = None) 
         ConfigError: unknown/mistyped key, out-of-range value or inconsistent settings.
     """
     path = Path(path)
-    cfg = load_config(path, NodeConfig, overrides=overrides)
+    data = read_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    try:
+        check_inference_section(data.get("processing"), "processing")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    cfg = from_dict(NodeConfig, data, source=str(path))
     return _resolve(cfg, path.resolve().parent)
 
 
@@ -268,6 +279,7 @@ __all__ = [
     "ConfigError",
     "DeliveryConfig",
     "DestinationConfig",
+    "InferenceConfig",
     "LimitsConfig",
     "MetricsConfig",
     "NodeConfig",

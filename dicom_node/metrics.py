@@ -1,17 +1,24 @@
-"""Prometheus text-format metrics of the node, served over HTTP on a loopback port.
+"""Prometheus metrics of the node (prometheus_client), served over HTTP on a loopback port.
 
-A tiny, dependency-free registry: counters and histograms with labels, and gauges read from a
-callback at scrape time (queue depth and outbox size come from the journal). ``GET /metrics``
-answers the Prometheus text exposition format 0.0.4; ``GET /healthz`` answers ``ok``.
+Each :class:`NodeMetrics` owns a private ``CollectorRegistry`` (never the process-global one), so
+several nodes or tests in one process do not collide. Counters and histograms are
+prometheus_client's; callers use its API (``m.received.labels(kind="image").inc()``,
+``m.store_seconds.observe(s)``). Gauges whose values come from the journal are read at scrape
+time by :meth:`NodeMetrics.gauge`. ``GET /metrics`` answers the text exposition format 0.0.4
+(``generate_latest``); ``GET /healthz`` answers ``ok``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
 
 from dicom_node.errors import NodeError
 
@@ -20,209 +27,109 @@ logger = logging.getLogger(__name__)
 #: Latency buckets (seconds) shared by the node's histograms.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
-_Labels = tuple[tuple[str, str], ...]
+#: ``{label values: value}`` read from the journal at scrape time.
+GaugeCallback = Callable[[], dict[tuple[str, ...], float]]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _CallbackGauge(Collector):
+    """A gauge family computed by ``callback`` at each scrape.
+
+    A :class:`NodeError` from the callback (the journal could not be read) drops this family
+    from that scrape, logged, instead of failing the whole ``/metrics`` answer.
+    """
+
+    def __init__(self, name: str, doc: str, callback: GaugeCallback, labelnames: Sequence[str]) -> None:
+        self.name, self.doc, self.callback, self.labelnames = name, doc, callback, list(labelnames)
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            values = self.callback()
+        except NodeError as exc:
+            logger.warning("metric %s unavailable: %s", self.name, exc)
+            return
+        family = GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for key, value in sorted(values.items()):
+            family.add_metric(list(key), value)
+        yield family
 
 
-def _fmt_labels(labels: _Labels, extra: tuple[tuple[str, str], ...] = ()) -> str:
-    items = labels + extra
-    if not items:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in items) + "}"
+class _WithoutCreated(Collector):
+    """``registry`` without the ``*_created`` series prometheus_client adds to counters and
+    histograms, so that the endpoint exposes the same series as before the library was used
+    (without touching the library's process-global switch ``disable_created_metrics``)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():  # fresh Metric objects at every call
+            family.samples = [s for s in family.samples if s.name != family.name + "_created"]
+            yield family
 
 
-def _fmt_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class _Metric:
-    kind = ""
-
-    def __init__(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.doc = doc
-        self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> _Labels:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"metric {self.name}: labels {sorted(labels)}; expected {list(self.labelnames)}")
-        return tuple((k, str(labels[k])) for k in self.labelnames)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} {self.kind}"]
-
-    def samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    """A monotonically increasing count per label set."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, doc, labelnames)
-        self._values: dict[_Labels, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        """Add ``amount`` (>= 0) to the series of ``labels``."""
-        if amount < 0:
-            raise ValueError(f"counter {self.name}: negative increment {amount}")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        """Current value of one series (0 when never incremented)."""
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        if not items and not self.labelnames:
-            items = [((), 0.0)]
-        return [f"{self.name}_total{_fmt_labels(k)} {_fmt_value(v)}" for k, v in items]
-
-
-class Histogram(_Metric):
-    """Observations counted into cumulative buckets, with their sum and count."""
-
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, doc: str, labelnames: Sequence[str] = (), buckets: Iterable[float] = LATENCY_BUCKETS
-    ) -> None:
-        super().__init__(name, doc, labelnames)
-        self.buckets = tuple(sorted(buckets)) + (math.inf,)
-        self._series: dict[_Labels, list[float]] = {}  # bucket counts..., sum, count
-
-    def observe(self, value: float, **labels: str) -> None:
-        """Record one observation."""
-        key = self._key(labels)
-        with self._lock:
-            series = self._series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if value <= bound:
-                    series[i] += 1
-            series[-2] += value
-            series[-1] += 1
-
-    def count(self, **labels: str) -> int:
-        """Number of observations of one series."""
-        with self._lock:
-            series = self._series.get(self._key(labels))
-            return int(series[-1]) if series else 0
-
-    def samples(self) -> list[str]:
-        out = []
-        with self._lock:
-            items = sorted((k, list(v)) for k, v in self._series.items())
-        for key, series in items:
-            for bound, n in zip(self.buckets, series):
-                le = (("le", "+Inf" if math.isinf(bound) else repr(bound)),)
-                out.append(f"{self.name}_bucket{_fmt_labels(key, le)} {_fmt_value(n)}")
-            out.append(f"{self.name}_sum{_fmt_labels(key)} {_fmt_value(series[-2])}")
-            out.append(f"{self.name}_count{_fmt_labels(key)} {_fmt_value(series[-1])}")
-        return out
-
-
-class Gauge(_Metric):
-    """A value read at scrape time from ``callback`` -> {label values tuple: value}."""
-
-    kind = "gauge"
-
-    def __init__(
-        self,
-        name: str,
-        doc: str,
-        callback: Callable[[], dict[tuple[str, ...], float]],
-        labelnames: Sequence[str] = (),
-    ) -> None:
-        super().__init__(name, doc, labelnames)
-        self.callback = callback
-
-    def samples(self) -> list[str]:
-        values = self.callback()
-        return [
-            f"{self.name}{_fmt_labels(tuple(zip(self.labelnames, k)))} {_fmt_value(v)}"
-            for k, v in sorted(values.items())
-        ]
-
-
-class Registry:
-    """The node's metrics; :meth:`render` produces the exposition text."""
-
-    def __init__(self, prefix: str = "taviseg_node_") -> None:
-        self.prefix = prefix
-        self._metrics: list[_Metric] = []
-        self._lock = threading.Lock()
-
-    def _add(self, metric: _Metric) -> _Metric:
-        with self._lock:
-            if any(m.name == metric.name for m in self._metrics):
-                raise ValueError(f"metric {metric.name} registered twice")
-            self._metrics.append(metric)
-        return metric
-
-    def counter(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> Counter:
-        """Register a counter ``<prefix><name>_total``."""
-        return self._add(Counter(self.prefix + name, doc, labelnames))  # type: ignore[return-value]
-
-    def histogram(self, name: str, doc: str, labelnames: Sequence[str] = ()) -> Histogram:
-        """Register a latency histogram ``<prefix><name>``."""
-        return self._add(Histogram(self.prefix + name, doc, labelnames))  # type: ignore[return-value]
-
-    def gauge(
-        self, name: str, doc: str, callback: Callable[[], dict[tuple[str, ...], float]], labelnames: Sequence[str] = ()
-    ) -> Gauge:
-        """Register a gauge computed by ``callback`` at scrape time."""
-        return self._add(Gauge(self.prefix + name, doc, callback, labelnames))  # type: ignore[return-value]
-
-    def render(self) -> str:
-        """Every metric in Prometheus text format (a failing gauge callback is skipped, logged)."""
-        lines: list[str] = []
-        with self._lock:
-            metrics = list(self._metrics)
-        for m in metrics:
-            try:
-                samples = m.samples()
-            except NodeError as exc:  # a gauge reads the journal; one bad read must not break /metrics
-                logger.warning("metric %s unavailable: %s", m.name, exc)
-                continue
-            lines += m.header() + samples
-        return "\n".join(lines) + "\n"
+def render(registry: CollectorRegistry) -> bytes:
+    """The exposition text (format 0.0.4) of ``registry``, without ``*_created`` series."""
+    return generate_latest(_WithoutCreated(registry))
 
 
 class NodeMetrics:
-    """The node's named metrics (one instance per node process)."""
+    """The node's named metrics (one instance per node, each with its own registry).
+
+    Attributes:
+        registry: The private ``CollectorRegistry`` that :class:`MetricsServer` serves.
+        namespace: Prefix of every name (``taviseg_node_``; counters end in ``_total``).
+    """
+
+    namespace = "taviseg_node"
 
     def __init__(self) -> None:
-        self.registry = Registry()
-        r = self.registry
-        self.associations = r.counter("associations", "associations requested, by result", ("result",))
-        self.received = r.counter("received", "instances answered Success, by kind", ("kind",))
-        self.refused = r.counter("refused", "C-STORE requests answered with a failure, by status", ("status",))
-        self.received_bytes = r.counter("received_bytes", "bytes of instances stored")
-        self.processed = r.counter("processed", "instances processed, by result", ("result",))
-        self.outputs = r.counter("outputs", "output objects created, by kind", ("kind",))
-        self.delivered = r.counter("delivered", "output objects delivered, by destination", ("destination",))
-        self.delivery_failures = r.counter(
+        self.registry = CollectorRegistry()
+
+        def counter(name: str, doc: str, labelnames: Sequence[str] = ()) -> Counter:
+            return Counter(name, doc, labelnames, namespace=self.namespace, registry=self.registry)
+
+        def histogram(name: str, doc: str, labelnames: Sequence[str] = ()) -> Histogram:
+            return Histogram(
+                name, doc, labelnames, namespace=self.namespace, registry=self.registry, buckets=LATENCY_BUCKETS
+            )
+
+        self.associations = counter("associations", "associations requested, by result", ("result",))
+        self.received = counter("received", "instances answered Success, by kind", ("kind",))
+        self.refused = counter("refused", "C-STORE requests answered with a failure, by status", ("status",))
+        self.received_bytes = counter("received_bytes", "bytes of instances stored")
+        self.processed = counter("processed", "instances processed, by result", ("result",))
+        self.outputs = counter("outputs", "output objects created, by kind", ("kind",))
+        self.delivered = counter("delivered", "output objects delivered, by destination", ("destination",))
+        self.delivery_failures = counter(
             "delivery_failures", "failed delivery attempts, by destination", ("destination",)
         )
-        self.given_up = r.counter("given_up", "output objects given up, by destination", ("destination",))
-        self.store_seconds = r.histogram("store_seconds", "C-STORE handler time (durable store)")
-        self.processing_seconds = r.histogram("processing_seconds", "time to process one instance")
-        self.queue_seconds = r.histogram("queue_seconds", "time from reception to processing start")
-        self.end_to_end_seconds = r.histogram(
+        self.given_up = counter("given_up", "output objects given up, by destination", ("destination",))
+        self.store_seconds = histogram("store_seconds", "C-STORE handler time (durable store)")
+        self.processing_seconds = histogram("processing_seconds", "time to process one instance")
+        self.queue_seconds = histogram("queue_seconds", "time from reception to processing start")
+        self.end_to_end_seconds = histogram(
             "end_to_end_seconds", "time from reception to delivery of an output", ("destination",)
         )
+
+    def gauge(self, name: str, doc: str, callback: GaugeCallback, labelnames: Sequence[str] = ()) -> None:
+        """Register a gauge ``taviseg_node_<name>`` whose samples ``callback`` returns at each scrape.
+
+        Raises:
+            ValueError: the name is already registered.
+        """
+        self.registry.register(_CallbackGauge(f"{self.namespace}_{name}", doc, callback, labelnames))
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """Current value of one sample, by full sample name without the prefix (e.g.
+        ``given_up_total``, ``store_seconds_count``); None when the series does not exist."""
+        return self.registry.get_sample_value(f"{self.namespace}_{name}", labels)
+
+    def render(self) -> bytes:
+        """What ``GET /metrics`` answers."""
+        return render(self.registry)
 
 
 class MetricsServer:
@@ -236,14 +143,13 @@ class MetricsServer:
         OSError: the address cannot be bound.
     """
 
-    def __init__(self, registry: Registry, address: tuple[str, int]) -> None:
+    def __init__(self, registry: CollectorRegistry, address: tuple[str, int]) -> None:
         reg = registry
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 if self.path.split("?")[0] == "/metrics":
-                    body = reg.render().encode()
-                    ctype = "text/plain; version=0.0.4; charset=utf-8"
+                    body, ctype = render(reg), CONTENT_TYPE_PLAIN_0_0_4
                 elif self.path == "/healthz":
                     body, ctype = b"ok\n", "text/plain"
                 else:

@@ -132,7 +132,7 @@ class Node:
             self.workers.submit(stored.id)
 
     def _register_gauges(self, journal: Journal) -> None:
-        reg = self.metrics.registry
+        reg = self.metrics
         reg.gauge("instances", "journaled instances by state",
                   lambda: {(k,): float(v) for k, v in journal.instance_counts().items()}, ("state",))
         reg.gauge("outbox", "outbox objects by destination and state",

@@ -21,7 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_node.errors import StorageError
 from dicom_node.journal import Journal, NewOutput
 from dicom_node.pipeline import OutputObject
-from dicom_node.spool import fsync_dir, fsync_file
+from tavicore.fileio import fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ PACS replaces the object instead of storing a duplicate.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import logging
@@ -116,9 +117,16 @@ def model_fingerprint(folder: Path) -> str:
 class ModelPipeline:
     """The real processor: InferenceEngine + the DICOM writers of :mod:`segmentation.dicom`.
 
+    The engine is built from ``processing.inference`` (an
+    :class:`~segmentation.inference.config.InferenceConfig`, the schema of
+    ``conf/inference.yaml``) by :meth:`InferenceEngine.from_config`, so device, backend, batch
+    size, folds, TTA, post-processing, confidence and host threads all apply in the node as in
+    ``taviseg predict``.
+
     Args:
-        cfg: Processing settings (model folder, device, batch size, output kinds...).
-        onnx_cache_dir: Where the engine caches ONNX exports (None: the user cache folder).
+        cfg: Processing settings (model folder, output kinds, the inference section...).
+        onnx_cache_dir: Where the engine caches ONNX exports when ``processing.inference``
+            names no folder (None: the user cache folder).
 
     Raises:
         NodeConfigError: no model folder configured, or it cannot be loaded.
@@ -142,16 +150,11 @@ class ModelPipeline:
         warnings.filterwarnings(
             "ignore", message=r".*unlikely to represent the intended person name", category=UserWarning
         )
+        inference = cfg.inference
+        if inference.onnx_cache_dir is None and onnx_cache_dir is not None:
+            inference = dataclasses.replace(inference, onnx_cache_dir=Path(onnx_cache_dir))
         try:
-            self.engine = InferenceEngine.from_folder(
-                cfg.model_folder,
-                device=cfg.device,
-                backend=cfg.backend,
-                batch_size=cfg.batch_size,
-                folds=list(cfg.folds) if cfg.folds is not None else None,
-                tta=cfg.tta,
-                onnx_cache_dir=onnx_cache_dir,
-            )
+            self.engine = InferenceEngine.from_config(cfg.model_folder, inference)
         except SegmentationError as exc:
             raise NodeConfigError(f"processing.model_folder {cfg.model_folder}: {exc}") from exc
         logger.info("model %s loaded (version %s)", cfg.model_folder, self.version)

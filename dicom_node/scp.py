@@ -287,12 +287,12 @@ class StorageSCP:
         calling, address = str(requestor.primitive.calling_ae_title), str(requestor.address)
         if not self.caller_allowed(calling, address):
             logger.warning("association from %s (calling AE %r) rejected: caller not allowed", address, calling)
-            self.metrics.associations.inc(result="rejected")
+            self.metrics.associations.labels(result="rejected").inc()
             event.assoc.acse.send_reject(*REJECT_CALLING_AE)
             event.assoc.kill()  # waits until the DUL has sent the A-ASSOCIATE-RJ (as pynetdicom's own checks do)
 
     def _on_accepted(self, event: Event) -> None:
-        self.metrics.associations.inc(result="accepted")
+        self.metrics.associations.labels(result="accepted").inc()
         logger.debug("association from %s accepted", event.assoc.requestor.ae_title)
 
     def _on_echo(self, event: Event) -> int:
@@ -315,17 +315,17 @@ class StorageSCP:
             )
         except InstanceRejected as exc:
             logger.warning("C-STORE of %s from %s refused (0x%04X): %s", sop_instance, calling, exc.status, exc)
-            self.metrics.refused.inc(status=f"0x{exc.status:04X}")
+            self.metrics.refused.labels(status=f"0x{exc.status:04X}").inc()
             return status_dataset(exc.status, str(exc))
         except StorageError as exc:
             logger.error("C-STORE of %s from %s: out of resources: %s", sop_instance, calling, exc)
-            self.metrics.refused.inc(status="0xA700")
+            self.metrics.refused.labels(status="0xA700").inc()
             return status_dataset(StoreStatus.OUT_OF_RESOURCES, str(exc))
         except Exception as exc:  # a bug must never answer Success nor kill the association
             logger.exception("C-STORE of %s from %s: unexpected error", sop_instance, calling)
-            self.metrics.refused.inc(status="0x0110")
+            self.metrics.refused.labels(status="0x0110").inc()
             return status_dataset(StoreStatus.PROCESSING_FAILURE, f"internal error: {type(exc).__name__}")
-        self.metrics.received.inc(kind=stored.kind)
+        self.metrics.received.labels(kind=stored.kind).inc()
         self.metrics.received_bytes.inc(stored.size_bytes)
         self.metrics.store_seconds.observe(time.monotonic() - t0)
         if stored.kind == "image":

@@ -30,7 +30,7 @@ from dicom_node.journal import Journal, OutboxRow
 from dicom_node.metrics import NodeMetrics
 from dicom_node.outbox import Outbox
 from dicom_node.sop import is_valid_uid
-from dicom_node.spool import fsync_dir, fsync_file
+from tavicore.fileio import fsync_dir, fsync_file
 from dicom_node.tls import client_context
 
 logger = logging.getLogger(__name__)
@@ -246,19 +246,19 @@ class DeliveryLoop:
         if res.ok:
             self.journal.mark_delivered(row.id, res.status)
             self.outbox.release(row.file)
-            self.metrics.delivered.inc(destination=row.destination)
+            self.metrics.delivered.labels(destination=row.destination).inc()
             inst = self.journal.get_instance(row.instance_id)
             if inst is not None:
-                self.metrics.end_to_end_seconds.observe(now - inst.received_at, destination=row.destination)
+                self.metrics.end_to_end_seconds.labels(destination=row.destination).observe(now - inst.received_at)
             logger.info("delivered %s %s to %s (%s)", row.kind, row.sop_instance_uid, row.destination, res.status)
             return 1
-        self.metrics.delivery_failures.inc(destination=row.destination)
+        self.metrics.delivery_failures.labels(destination=row.destination).inc()
         first = row.first_attempt_at if row.first_attempt_at is not None else now
         if give_up or now - first >= self.cfg.give_up_after_s:
             reason = f"given up after {row.attempts + 1} attempt(s): {res.status} {res.detail}".strip()
             self.journal.mark_attempt_failed(row.id, status=res.status, detail=reason, next_attempt_at=None)
             self.outbox.release(row.file)
-            self.metrics.given_up.inc(destination=row.destination)
+            self.metrics.given_up.labels(destination=row.destination).inc()
             logger.error("gave up delivering %s %s to %s: %s", row.kind, row.sop_instance_uid, row.destination, reason)
             return 0
         delay = retry_delay(row.attempts + 1, self.cfg)

@@ -1,10 +1,13 @@
-"""What the node accepts: storage SOP classes, transfer syntaxes, and how objects are routed.
+"""What the node accepts: presentation contexts, transfer syntaxes, C-STORE statuses.
 
-Images of the classes in :data:`IMAGE_SOP_CLASSES` are queued for segmentation. Every other
-storage SOP class (dose reports, presentation states, key objects...) is either kept without
-segmenting or refused at association (its presentation context is not accepted), depending on
-``other_objects`` in the configuration. Routing on SOP class alone is only the first step: the
-worker looks at the decoded header (e.g. Modality of a Secondary Capture) before segmenting.
+Which SOP classes are queued for segmentation, kept or refused is decided by the one SOP-class
+table, :mod:`segmentation.dicom.sop_classes` (:func:`~segmentation.dicom.sop_classes.node_route`):
+images of :data:`~segmentation.dicom.sop_classes.INPUT_IMAGE_SOP_CLASSES` are queued; every
+other storage SOP class pynetdicom knows (dose reports, presentation states, key objects...) is
+kept without segmenting or refused at association (its presentation context is not accepted),
+as ``other_objects`` in the configuration says. Routing on SOP class alone is only the first
+step: the worker looks at the decoded header (e.g. Modality of a Secondary Capture) before
+segmenting (:func:`~segmentation.dicom.sop_classes.classify`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ import logging
 import re
 
 from pydicom.uid import (
-    UID,
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -32,19 +34,19 @@ from pydicom.uid import (
 )
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import Verification
+
+from segmentation.dicom.sop_classes import (
+    INPUT_IMAGE_SOP_CLASSES,
+    NodeRoute,
+    is_input_image_class,
+    node_route,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Image storage SOP classes the node segments (name -> UID).
-IMAGE_SOP_CLASSES: dict[str, str] = {
-    "X-Ray Angiographic Image Storage": "1.2.840.10008.5.1.4.1.1.12.1",
-    "Enhanced XA Image Storage": "1.2.840.10008.5.1.4.1.1.12.1.1",
-    "X-Ray Radiofluoroscopic Image Storage": "1.2.840.10008.5.1.4.1.1.12.2",
-    "Enhanced XRF Image Storage": "1.2.840.10008.5.1.4.1.1.12.2.1",
-    "Secondary Capture Image Storage": "1.2.840.10008.5.1.4.1.1.7",
-    "Multi-frame Grayscale Byte Secondary Capture Image Storage": "1.2.840.10008.5.1.4.1.1.7.2",
-    "Multi-frame Grayscale Word Secondary Capture Image Storage": "1.2.840.10008.5.1.4.1.1.7.3",
-}
+#: Image storage SOP classes the node queues for segmentation, in a fixed order (from the table).
+IMAGE_SOP_CLASSES: tuple[str, ...] = tuple(sorted(INPUT_IMAGE_SOP_CLASSES))
 
 #: Transfer syntaxes accepted on every context, in the order the SCP prefers them.
 TRANSFER_SYNTAXES: tuple[str, ...] = (
@@ -63,7 +65,8 @@ TRANSFER_SYNTAXES: tuple[str, ...] = (
     JPEG2000,
 )
 
-VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
+#: Verification (C-ECHO): pydicom has no constant for it, pynetdicom has.
+VERIFICATION_SOP_CLASS = Verification
 
 
 class StoreStatus(enum.IntEnum):
@@ -94,39 +97,32 @@ def is_valid_uid(value: object) -> bool:
 
 
 def is_image_sop_class(sop_class_uid: str) -> bool:
-    """True for the SOP classes the node queues for segmentation."""
-    return sop_class_uid in IMAGE_SOP_CLASSES.values()
+    """True for the SOP classes the node queues for segmentation (the table's input images)."""
+    return is_input_image_class(sop_class_uid)
 
 
-def other_storage_sop_classes() -> list[str]:
-    """Every storage SOP class pynetdicom knows that is not an image class we segment."""
-    images = set(IMAGE_SOP_CLASSES.values())
-    out = []
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows, plus the table's input image classes, once each."""
+    out = list(IMAGE_SOP_CLASSES)
+    seen = set(out)
     for cx in AllStoragePresentationContexts:
         uid = str(cx.abstract_syntax)
-        if uid not in images and uid not in out:
+        if uid not in seen:
+            seen.add(uid)
             out.append(uid)
     return out
-
-
-def sop_class_name(uid: str) -> str:
-    """Readable name of a SOP class UID (the UID itself when pydicom does not know it)."""
-    name = UID(uid).name
-    return name or uid
 
 
 def accepted_sop_classes(other_objects: str) -> list[str]:
     """SOP classes the SCP accepts for ``other_objects`` = ``"keep"`` or ``"refuse"``.
 
+    The storage classes whose :func:`~segmentation.dicom.sop_classes.node_route` is not
+    REFUSE: the input image classes first, then (``keep``) every other storage class.
+
     Raises:
         ValueError: ``other_objects`` is neither.
     """
-    if other_objects not in ("keep", "refuse"):
-        raise ValueError(f"other_objects {other_objects!r}: allowed 'keep', 'refuse'")
-    classes = list(IMAGE_SOP_CLASSES.values())
-    if other_objects == "keep":
-        classes += other_storage_sop_classes()
-    return classes
+    return [uid for uid in storage_sop_classes() if node_route(uid, other_objects) is not NodeRoute.REFUSE]
 
 
 class SharedUidContext(PresentationContext):

@@ -29,6 +29,7 @@ from dicom_node.errors import InstanceRejected, JournalError, StorageError
 from dicom_node.journal import Journal, NewInstance
 from dicom_node.sop import StoreStatus, is_image_sop_class, is_valid_uid
 from segmentation.errors import DICOM_PARSE_ERRORS
+from tavicore.fileio import fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,24 +56,6 @@ class StoredInstance:
     study_instance_uid: str
     frames: int
     size_bytes: int
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a folder so that a rename inside it survives a power cut."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: Path) -> None:
-    """fsync a file's data and metadata (the file may still be open elsewhere)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:

@@ -34,4 +34,6 @@ if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     .venv/bin/python -m pip install -q -e ".[dev]"
     touch "$stamp"
 fi
+bash scripts/fetch_ct.sh  # the chest CT of the v2 phantom (tavidata.phantom.ct), once
 echo "setup: ready (.venv/bin/taviseg)"
+bash scripts/viewers.sh || echo "setup: warning: viewer stack incomplete (scripts/viewers.sh said what failed); browser tests will fail" >&2

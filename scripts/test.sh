@@ -8,6 +8,15 @@ bash scripts/setup.sh
 # setup.sh installed every peer (Orthanc, dcmtk, dicom3tools, PostgreSQL): from here a missing
 # one fails its tests instead of skipping them, so a green run means every part ran.
 export TAVISEG_REQUIRE_PEERS=1
+# The real angiography samples are not part of the repository: the suite reads them from
+# $TAVISEG_DICOM_SAMPLES or ../shared/dicom-samples, and refuses to run without them.
+SAMPLES=${TAVISEG_DICOM_SAMPLES:-$(cd .. && pwd)/shared/dicom-samples}
+if [[ ! -f $SAMPLES/MANIFEST.tsv ]]; then
+    echo "test: real DICOM samples not found at $SAMPLES (no MANIFEST.tsv);" \
+         "set TAVISEG_DICOM_SAMPLES to their folder" >&2
+    exit 2
+fi
+export TAVISEG_DICOM_SAMPLES=$SAMPLES
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider "$@")
 if [[ $(id -u) -eq 0 ]] && command -v unshare >/dev/null && command -v ip >/dev/null \
     && unshare -n true 2>/dev/null; then

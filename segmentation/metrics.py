@@ -11,6 +11,10 @@ with the pixel spacing ``(row, column)`` in mm (anisotropic spacing supported):
 * ASSD: mean of all boundary-to-nearest-boundary distances, both directions pooled;
 * HD95: the larger of the two directed 95th percentiles (the MedPy ``hd95`` definition).
 
+Both come from the same directed distances (one distance transform per boundary):
+:func:`surface_metrics` computes them together; :func:`assd_mm` and :func:`hd95_mm` are for a
+caller that needs only one.
+
 Empty masks: both empty -> Dice 1, IoU 1, ASSD 0, HD95 0. One empty -> Dice and IoU ~ 0
 (``eps / (n + eps)`` with n the other mask's pixel count, i.e. < 1e-7), ASSD and HD95 NaN
 (undefined: there is no surface to measure to); aggregate with ``np.nanmean``/``nanmedian``
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -135,8 +140,17 @@ def surface_distances(
     return dist_to_g[bp], dist_to_p[bg]
 
 
-def assd_mm(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float]) -> float:
-    """Average symmetric surface distance in mm (0 if both empty, NaN if exactly one is).
+class SurfaceMetrics(NamedTuple):
+    """ASSD and HD95 of one frame, in mm (both 0 if both masks are empty, NaN if exactly one is)."""
+
+    assd_mm: float
+    hd95_mm: float
+
+
+def surface_metrics(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float]) -> SurfaceMetrics:
+    """ASSD and HD95 in mm from one pair of distance transforms (:func:`surface_distances`).
+
+    ASSD pools both directed distances; HD95 is the larger of the two directed 95th percentiles.
 
     Raises:
         MetricError: shapes differ, not 2-D, or bad spacing.
@@ -144,24 +158,33 @@ def assd_mm(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float]) -> fl
     p, g = _pair(pred, gt)
     d = surface_distances(p, g, spacing_mm)
     if d is None:
-        return 0.0 if not p.any() and not g.any() else float("nan")
+        v = 0.0 if not p.any() and not g.any() else float("nan")
+        return SurfaceMetrics(v, v)
     pg, gp = d
-    return float((pg.sum() + gp.sum()) / (pg.size + gp.size))
+    return SurfaceMetrics(
+        assd_mm=float((pg.sum() + gp.sum()) / (pg.size + gp.size)),
+        hd95_mm=float(max(np.percentile(pg, 95), np.percentile(gp, 95))),
+    )
+
+
+def assd_mm(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float]) -> float:
+    """Average symmetric surface distance in mm (0 if both empty, NaN if exactly one is);
+    use :func:`surface_metrics` when HD95 is wanted too.
+
+    Raises:
+        MetricError: shapes differ, not 2-D, or bad spacing.
+    """
+    return surface_metrics(pred, gt, spacing_mm).assd_mm
 
 
 def hd95_mm(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float]) -> float:
     """95th-percentile Hausdorff distance in mm: max of the two directed 95th percentiles
-    (0 if both empty, NaN if exactly one is).
+    (0 if both empty, NaN if exactly one is); use :func:`surface_metrics` when ASSD is wanted too.
 
     Raises:
         MetricError: shapes differ, not 2-D, or bad spacing.
     """
-    p, g = _pair(pred, gt)
-    d = surface_distances(p, g, spacing_mm)
-    if d is None:
-        return 0.0 if not p.any() and not g.any() else float("nan")
-    pg, gp = d
-    return float(max(np.percentile(pg, 95), np.percentile(gp, 95)))
+    return surface_metrics(pred, gt, spacing_mm).hd95_mm
 
 
 def area_mm2(mask: np.ndarray, spacing_mm: Sequence[float]) -> float:

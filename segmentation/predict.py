@@ -327,8 +327,7 @@ def predict_paths(
                     row["dice"], row["iou"] = _fmt(d), _fmt(metrics.iou(mask, item.gt))
                     dices.append(d)
                     if item.spacing_mm:
-                        a = metrics.assd_mm(mask, item.gt, item.spacing_mm)
-                        h = metrics.hd95_mm(mask, item.gt, item.spacing_mm)
+                        a, h = metrics.surface_metrics(mask, item.gt, item.spacing_mm)
                         row["assd_mm"], row["hd95_mm"] = _fmt(a), _fmt(h)
                         assds.append(a)
                         hd95s.append(h)

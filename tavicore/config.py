@@ -10,25 +10,35 @@ hints; ranges and choices are declared with :func:`setting`::
 
     cfg = load_config("conf/train/manet.yaml", OptimConfig, section="optim")
 
-Validation is strict: an unknown key (with the closest valid names), a wrong type or an
-out-of-range value raises :class:`ConfigError` whose message names the file and the dotted key.
-Supported field types: bool, int, float, str, pathlib.Path, Literal[...], Enum subclasses,
-Optional[T], list[T], tuple[T, ...], dict[str, T] and nested dataclasses.
+pydantic validates: each dataclass becomes, once, a strict pydantic ``TypedDict`` of its init
+fields (``extra="forbid"``; :func:`setting` bounds as ``Field`` constraints) whose validated
+values construct the dataclass, so its defaults and ``__post_init__`` checks apply. An unknown
+key (with the closest valid names), a wrong type or an out-of-range value raises
+:class:`ConfigError` naming the file and the dotted key. A bool is only true/false, an int is
+never 3.0 or "3", a Literal matches value and type (512.0 is not 512); a float also reads
+YAML 1.1's "1e-3" string. Field types: bool, int, float, str, pathlib.Path, Literal[...], Enum
+(value or name), unions (first member that fits), list[T], tuple[T, ...], tuple[A, B],
+dict[str, T], nested dataclasses; other classes are checked with isinstance.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import enum
+import functools
 import importlib.resources
 import logging
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, NotRequired, Required, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, TypeAdapter, ValidationError, WrapValidator
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict  # pydantic refuses typing.TypedDict before Python 3.12
 
 from tavicore.errors import TavisegError
 
@@ -88,139 +98,164 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
-def _check_bounds(value: Any, meta: typing.Mapping[str, Any], where: str) -> None:
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_bounds(v, meta, f"{where}[{i}]")
-        return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return
-    checks = (
-        ("ge", lambda v, b: v >= b, ">="),
-        ("gt", lambda v, b: v > b, ">"),
-        ("le", lambda v, b: v <= b, "<="),
-        ("lt", lambda v, b: v < b, "<"),
-    )
-    for key, ok, sym in checks:
-        bound = meta.get(key)
-        if bound is not None and not ok(value, bound):
-            raise ConfigError(f"{where}: value {value!r} is out of range (must be {sym} {bound})")
+# --- Type hints -> pydantic types. Strict (a bool is never 1, an int never 3.0 or "3"); lax
+# for containers and paths only, as YAML gives lists for tuples and strings for paths.
+
+_STRICT = ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True)
+_LAX = Strict(False)
+#: pydantic error types meaning "not this kind of value" (rather than a failed check).
+_MISMATCH = {"bool_type", "int_type", "float_type", "string_type", "path_type", "list_type",
+             "tuple_type", "dict_type", "mapping_type", "literal_error", "enum", "is_instance_of"}
+_EXPECTED = {"bool_type": "true/false", "int_type": "an integer", "float_type": "a number",
+             "string_type": "a string", "path_type": "a path", "list_type": "a list",
+             "tuple_type": "a list", "dict_type": "a mapping"}
+_RANGE = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"),
+          "less_than_equal": ("le", "<="), "less_than": ("lt", "<")}
 
 
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Convert ``value`` to type ``tp`` or raise ConfigError naming ``where``."""
-    origin = get_origin(tp)
-    args = get_args(tp)
+def _error(kind: str, message: str) -> PydanticCustomError:
+    """A pydantic error whose text is already in the loader's words."""
+    return PydanticCustomError(kind, "{message}", {"message": message})
 
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(
-            f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
-        )
-    if origin is Literal:
-        for allowed in args:  # type-strict: 512.0 or True must not pass as 512 or 1
-            if type(value) is type(allowed) and value == allowed:
-                return allowed
-        allowed = ", ".join(repr(a) for a in args)
-        raise ConfigError(f"{where}: invalid value {value!r}; allowed: {allowed}")
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        for member in tp:
-            if value == member.value or value == member.name or value is member:
-                return member
-        allowed = ", ".join(repr(m.value) for m in tp)
-        raise ConfigError(f"{where}: invalid value {value!r}; allowed: {allowed}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}"
-            )
-        return _build(tp, value, where)
-    if origin in (list, typing.List) or tp is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        item_tp = args[0] if args else Any
-        return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (tuple, typing.Tuple) or tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if args and len(args) != len(value):
-            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-        if not args:
-            return tuple(value)
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin in (dict, typing.Dict) or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        vt = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {type(value).__name__} {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+
+def _to_float(value: Any) -> Any:
+    """int -> float (ranges then print 0.0) and YAML 1.1's ``"1e-3"`` string -> float."""
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-    if tp is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ConfigError(f"{where}: expected a path, got {type(value).__name__} {value!r}")
-    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")
+        except (ValueError, OverflowError):
+            pass
+    return value
 
 
-def _build(cls: type[T], data: typing.Mapping[str, Any], where: str) -> T:
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), list(fields), n=1)
+def _literal(allowed: tuple[Any, ...], value: Any) -> Any:
+    if any(type(value) is type(a) and value == a for a in allowed):  # 512.0 or True is not 512 or 1
+        return value
+    raise _error("literal_error", f"invalid value {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def _member(cls: type[enum.Enum], value: Any) -> enum.Enum:
+    for member in cls:  # a member, its value or its name
+        if value is member or value == member.value or value == member.name:
+            return member
+    raise _error("enum", f"invalid value {value!r}; allowed: {', '.join(repr(m.value) for m in cls)}")
+
+
+def _length(n: int, value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and len(value) != n:
+        raise _error("length", f"expected {n} items, got {len(value)}")
+    return value
+
+
+def _union(tp: Any, value: Any, handler: Any) -> Any:
+    """Members are tried left to right. A value that no member takes is named with the whole
+    type, unless a member got past its type check (a range, an element, a nested key)."""
+    optional = len(get_args(tp)) == 2 and type(None) in get_args(tp)
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        depth = 0 if optional else 1  # pydantic puts a member tag in the key of each try
+        further = [e for e in exc.errors() if len(e["loc"]) > depth or e["type"] not in _MISMATCH]
+        if further and optional:
+            raise
+        if further:
+            raise _error("union", _describe(further[0])) from None
+    raise _error("union_type", f"expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type[T], value: Any, handler: Any) -> T:
+    """Validate a mapping against ``cls``'s fields with pydantic, then construct ``cls``."""
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise _error("mapping_type", f"expected a mapping for {cls.__name__}, got {type(value).__name__}")
+    try:
+        kwargs = handler(value)
+    except ValidationError as exc:  # pydantic lists unknown keys after the fields: name them first
+        unknown = [e for e in exc.errors() if e["type"] == "extra_forbidden" and len(e["loc"]) == 1]
+        if not unknown:
+            raise
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        close = difflib.get_close_matches(str(unknown[0]["loc"][0]), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        valid = ", ".join(sorted(fields))
-        raise ConfigError(f"{where}.{key}: unknown key{hint}; valid keys: {valid}".lstrip("."))
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key_where = f"{where}.{name}".lstrip(".")
-        if name in data:
-            value = _convert(data[name], hints[name], key_where)
-            _check_bounds(value, f.metadata, key_where)
-            kwargs[name] = value
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key_where}: required key is missing")
+        error = _error("unknown_key", f"unknown key{hint}; valid keys: {', '.join(sorted(names))}")
+        line = {"type": error, "loc": unknown[0]["loc"], "input": unknown[0]["input"]}
+        raise ValidationError.from_exception_data(cls.__name__, [line]) from None
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as exc:  # __post_init__ cross-field checks
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+        raise _error("post_init", str(exc)) from exc
+
+
+def _pydantic_type(tp: Any, bounds: Any = None) -> Any:
+    """The pydantic type for a field of type ``tp``; ``bounds`` (a ``Field`` of ge/gt/le/lt)
+    constrains its numbers, also inside lists, tuples and unions."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is int:
+        return int if bounds is None else Annotated[int, bounds]
+    if tp is float:
+        return Annotated[(float, *([] if bounds is None else [bounds]), BeforeValidator(_to_float))]
+    if tp is Path:
+        return Annotated[Path, _LAX]
+    if origin in (Union, types.UnionType):
+        members = tuple(type(None) if a is type(None) else _pydantic_type(a, bounds) for a in args)
+        mode = [] if len(members) == 2 and type(None) in members else [Field(union_mode="left_to_right")]
+        union = Union[members]  # noqa: UP007 - members are computed, X | Y needs them written out
+        return Annotated[(union, *mode, WrapValidator(functools.partial(_union, tp)))]
+    if origin is Literal:
+        return Annotated[tp, BeforeValidator(functools.partial(_literal, args))]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return Annotated[tp, BeforeValidator(functools.partial(_member, tp))]
+    if dataclasses.is_dataclass(tp):
+        return _mapping_type(tp)
+    if origin is list or tp is list:
+        return Annotated[list[_pydantic_type(args[0], bounds) if args else Any], _LAX]
+    if (origin is tuple or tp is tuple) and (not args or args[-1] is Ellipsis):
+        return Annotated[tuple[_pydantic_type(args[0], bounds) if args else Any, ...], _LAX]
+    if origin is tuple:
+        items = tuple(_pydantic_type(a, bounds) for a in args)
+        return Annotated[tuple[items], _LAX, BeforeValidator(functools.partial(_length, len(args)))]
+    if origin is dict or tp is dict:  # keys as str, as YAML may read a name as an int
+        return dict[Annotated[str, BeforeValidator(str)], _pydantic_type(args[1]) if args else Any]
+    return tp  # bool, str, Any; other classes are checked with isinstance
+
+
+@functools.cache
+def _mapping_type(cls: type) -> Any:
+    """``cls``'s init fields as a strict pydantic ``TypedDict`` whose validator builds ``cls``."""
+    hints = get_type_hints(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        if f.init:
+            bounds = {k: f.metadata[k] for k in ("ge", "gt", "le", "lt") if f.metadata.get(k) is not None}
+            tp = _pydantic_type(hints[f.name], Field(**bounds) if bounds else None)
+            missing = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            fields[f.name] = Required[tp] if missing else NotRequired[tp]
+    mapping = TypedDict(cls.__name__, fields)  # type: ignore[misc]
+    mapping.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
+    return Annotated[mapping, WrapValidator(functools.partial(_build, cls))]
+
+
+@functools.cache
+def _adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(_mapping_type(cls))
+
+
+def _describe(error: Any) -> str:
+    """The problem one pydantic error reports, in the loader's words."""
+    kind, value, ctx = error["type"], error["input"], error.get("ctx") or {}
+    if "message" in ctx:
+        return ctx["message"]
+    if kind == "value_error":
+        return str(ctx["error"])
+    if kind == "missing":
+        return "required key is missing"
+    if kind in _RANGE:
+        return f"value {value!r} is out of range (must be {_RANGE[kind][1]} {ctx[_RANGE[kind][0]]})"
+    expected = f"expected {_EXPECTED[kind]}" if kind in _EXPECTED else error["msg"]
+    return f"{expected}, got {type(value).__name__} {value!r}"
 
 
 def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, *, source: str = "") -> T:
@@ -235,18 +270,24 @@ def from_dict(cls: type[T], data: typing.Mapping[str, Any] | None, *, source: st
         An instance of ``cls``.
 
     Raises:
-        ConfigError: unknown key, wrong type, out-of-range value or missing required key.
+        ConfigError: unknown key, wrong type, out-of-range value or missing required key (the
+            first problem found, fields in declaration order, unknown keys of a mapping first).
     """
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source or cls.__name__}: expected a mapping at the top level")
     try:
-        return _build(cls, data, "")
-    except ConfigError as exc:
-        if source:
-            raise ConfigError(f"{source}: {exc}") from None
-        raise
+        return _adapter(cls).validate_python(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+    cause = (error.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):  # raised by a __post_init__, which names its keys
+        message = str(cause)
+    else:  # ("destinations", 0, "port") -> destinations[0].port
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+        message = f"{key or cls.__name__}: {_describe(error)}"
+    raise ConfigError(f"{source}: {message}" if source else message)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -297,7 +338,7 @@ def load_config(
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Mapping[str, Any]) -> dict[str, Any]:
     """Return a copy of ``data`` with dotted-key ``overrides`` applied (``a.b: 1``)."""
-    out = _deep_copy(data)
+    out = copy.deepcopy(data)
     for dotted, value in overrides.items():
         node = out
         parts = dotted.split(".")
@@ -339,10 +380,3 @@ def to_dict(cfg: Any) -> Any:
         return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
 
-
-def _deep_copy(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data

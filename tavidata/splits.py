@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tavidata.format import Dataset
 from tavidata.errors import SplitError
+from tavicore.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -200,9 +200,7 @@ def save_splits(splits: Splits, path: str | Path, *, overwrite: bool = False) ->
     body = _body(splits)
     doc = {"format": SPLITS_FORMAT, "version": SPLITS_VERSION, **body,
            "patients": len(splits.patients), "checksum": _checksum(body)}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
     logger.info("wrote %s (%d folds)", path, splits.k)
     return path
 

@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "dataset": "dataset",
     "model": "model",
     "predict": "predict",
+    "qc": "qc",
     "serve": "serve",
     "status": "status",
     "train": "train",

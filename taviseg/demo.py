@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -27,17 +26,18 @@ from typing import Literal
 
 import numpy as np
 import yaml
+from pydicom.uid import SegmentationStorage
 
-from tavicore.config import CONF_DIR, setting
+from tavicore.config import setting
 from tavicore.errors import TavisegError
-from taviseg.orthanc import OrthancServer, find_orthanc, free_port, start_orthanc, wait_until
+from testkit.orthanc import OrthancServer, find_orthanc, free_port, start_orthanc, wait_until
 
 logger = logging.getLogger(__name__)
 
 NODE_AET = "TAVISEG"
 SENDER_AET = "DEMO-ANGIO"
 PACS_AET = "ORTHANC"
-SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+SEG_SOP_CLASS = SegmentationStorage
 
 
 class DemoError(TavisegError):
@@ -121,10 +121,7 @@ def prepare_model(cfg: DemoConfig, workdir: Path, cohort: Path) -> Path:
     from training.config import load_train_config
     from training.train import train
 
-    path = Path(cfg.train_config)
-    if not path.suffix:
-        path = CONF_DIR / "train" / f"{cfg.train_config}.yaml"
-    train_cfg = load_train_config(path)
+    train_cfg = load_train_config(cfg.train_config)
     logger.info("step 2/6: training %s/%s on fold %d (reused when already trained)",
                 train_cfg.model.architecture, train_cfg.model.encoder, cfg.fold)
     return train(train_cfg, cohort, workdir / "train", folds=[cfg.fold], progress=True)
@@ -160,9 +157,8 @@ def write_node_config(cfg: DemoConfig, workdir: Path, model: Path, pacs: Orthanc
         "ready_file": str(ready.resolve()),
         "processing": {
             "model_folder": str(model.resolve()),
-            "device": "auto",
             "outputs": list(cfg.outputs),
-            "folds": [cfg.fold],
+            "inference": {"device": "auto", "folds": [cfg.fold]},
         },
         "metrics": {"enabled": True, "bind_address": "127.0.0.1", "port": 0},
         "destinations": [],
@@ -266,7 +262,7 @@ def score_segmentation(seg_bytes: bytes, gt_file: Path, run_file: Path, out_png:
 
     from segmentation.dicom.reader import open_run
     from segmentation.dicom.seg import referenced_frames
-    from segmentation.metrics import assd_mm, dice, hd95_mm
+    from segmentation.metrics import dice, surface_metrics
     from tavidata.phantom.dicom_export import read_ground_truth
 
     seg = pydicom.dcmread(io.BytesIO(seg_bytes))
@@ -279,8 +275,7 @@ def score_segmentation(seg_bytes: bytes, gt_file: Path, run_file: Path, out_png:
     for i, n in enumerate(numbers):
         pred[(n or 1) - 1] = seg_frames[i]
     d = [dice(p, g) for p, g in zip(pred, gt)]
-    a = [assd_mm(p, g, spacing) for p, g in zip(pred, gt)]
-    h = [hd95_mm(p, g, spacing) for p, g in zip(pred, gt)]
+    a, h = zip(*(surface_metrics(p, g, spacing) for p, g in zip(pred, gt)))
     middle = len(gt) // 2
     frame = next(f for i, f in run.iter_frames() if i == middle)
     _write_overlay(out_png, frame, gt[middle], pred[middle])

@@ -10,18 +10,11 @@ from pathlib import Path
 import pytest
 
 import training  # noqa: F401  (first: turns off Albumentations' version check over the network)
+from testkit.paths import REPO, free_port, samples_path  # noqa: F401  (re-exported to the tests)
 
-REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: scripts/test.sh has just installed every peer: a missing one is then a failure, not a skip.
 PEERS_REQUIRED = IN_CI or os.environ.get("TAVISEG_REQUIRE_PEERS", "") == "1"
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (the OS picks it; no fixed ports in tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def require_tool(name: str) -> str:
@@ -35,23 +28,14 @@ def require_tool(name: str) -> str:
     return path
 
 
-def samples_path() -> Path | None:
-    """Folder of the real DICOM samples: $TAVISEG_DICOM_SAMPLES or ../shared/dicom-samples."""
-    env = os.environ.get("TAVISEG_DICOM_SAMPLES")
-    path = Path(env) if env else REPO.parent / "shared" / "dicom-samples"
-    return path if (path / "MANIFEST.tsv").is_file() else None
-
-
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
-    """The real angiography samples; skipped with a clear message when absent (failed in CI)."""
+    """The real angiography samples. Their absence fails the test, in CI and everywhere else:
+    the suite's DICOM claims rest on them (set TAVISEG_DICOM_SAMPLES or use ../shared/dicom-samples)."""
     path = samples_path()
     if path is None:
-        msg = (
-            "real DICOM samples not found: set TAVISEG_DICOM_SAMPLES or place them in "
-            "../shared/dicom-samples (with MANIFEST.tsv)"
+        pytest.fail(
+            "real DICOM samples not found: set TAVISEG_DICOM_SAMPLES to their folder (with "
+            "MANIFEST.tsv) or place them in ../shared/dicom-samples beside the repository"
         )
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
     return path

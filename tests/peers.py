@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from taviseg.orthanc import OrthancServer, wait_until
-from taviseg.orthanc import start_orthanc as _start_orthanc
+from testkit.orthanc import OrthancServer, wait_until
+from testkit.orthanc import start_orthanc as _start_orthanc
 from tests.conftest import free_port, require_tool
 
 __all__ = ["OrthancServer", "orthanc_server", "postgres_server", "run_dciodvfy", "start_orthanc"]
@@ -27,7 +27,7 @@ READY_TIMEOUT_S = 60.0
 
 
 def _wait(predicate, timeout: float, what: str, proc=None, log=None):
-    """Poll ``predicate`` with a bounded deadline (see :func:`taviseg.orthanc.wait_until`)."""
+    """Poll ``predicate`` with a bounded deadline (see :func:`testkit.orthanc.wait_until`)."""
     return wait_until(predicate, timeout, what, proc, log)
 
 

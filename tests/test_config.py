@@ -1,4 +1,4 @@
-"""The one configuration loader (taviseg/config.py): strict, typed, with readable errors."""
+"""The one configuration loader (tavicore/config.py, on pydantic): strict, typed, readable errors."""
 
 from __future__ import annotations
 
@@ -41,12 +41,38 @@ class Train:
     folds: list[int] = setting(default_factory=lambda: [0, 1], ge=0, le=4)
     spacing: tuple[float, float] = (0.39, 0.39)
     sizes: tuple[int, ...] = ()
-    weights: Optional[Path] = None
+    weights: Optional[Path] = None  # noqa: UP045 - the loader reads typing.Optional too
     amp: bool = False
     device: Device = Device.CPU
     note: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
     maybe: list[int] | None = None
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int = setting(104, ge=1, le=65535)
+    tls: Optim | None = None
+
+    def __post_init__(self) -> None:
+        if self.host == "localhost" and self.port == 104:
+            raise ConfigError(f"peer {self.host}:{self.port} is this node")
+        if self.host == "":
+            raise TypeError("host is empty")
+
+
+@dataclass(frozen=True)
+class Node:
+    peers: tuple[Peer, ...] = ()
+    batch: int | Literal["auto"] = setting("auto", ge=1)
+    folds: tuple[int, ...] | None = setting(None, ge=0, le=4)
+    color: tuple[int, int, int] | None = None
+    out: str | Path | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    ratios: tuple[float, ...] = setting((0.5,), gt=0.0, lt=1.0)
+    modes: tuple[Literal["a", "b"], ...] = ()
+    devices: list[Device] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -191,3 +217,76 @@ def test_overrides_parsing_and_application():
     out = apply_overrides(data, {"optim.name": "radam", "n.m": 2})
     assert out == {"optim": {"lr": 1, "name": "radam"}, "n": {"m": 2}}
     assert data == {"optim": {"lr": 1}, "n": None}  # input not modified
+
+
+def test_nested_lists_of_dataclasses_name_the_element():
+    cfg = from_dict(Node, {"peers": [{"host": "a"}, {"host": "b", "port": 11112, "tls": {"lr": 0.5}}]})
+    assert cfg.peers == (Peer("a"), Peer("b", 11112, Optim(lr=0.5)))
+    assert from_dict(Node, {"peers": [cfg.peers[0]]}).peers == (Peer("a"),)  # instances pass as they are
+    with pytest.raises(ConfigError, match=r"^peers\[1\]\.port: value 0 is out of range \(must be >= 1\)$"):
+        from_dict(Node, {"peers": [{"host": "a"}, {"host": "b", "port": 0}]})
+    with pytest.raises(ConfigError, match=r"^peers\[0\]\.host: required key is missing$"):
+        from_dict(Node, {"peers": [{"port": 5}]})
+    with pytest.raises(ConfigError, match=r"^peers\[0\]: expected a mapping for Peer, got str$"):
+        from_dict(Node, {"peers": ["a"]})
+    # inside an Optional dataclass, the nested key is named (not just "expected Optim | None")
+    message = r"^peers\[0\]\.tls\.lrr: unknown key \(did you mean 'lr'\?\); valid keys: lr, name$"
+    with pytest.raises(ConfigError, match=message):
+        from_dict(Node, {"peers": [{"host": "a", "tls": {"lrr": 1}}]})
+    with pytest.raises(ConfigError, match=r"^peers\[0\]\.tls: expected Optim \| None, got int 3$"):
+        from_dict(Node, {"peers": [{"host": "a", "tls": 3}]})
+
+
+def test_first_problem_in_field_order_unknown_keys_of_a_mapping_first():
+    with pytest.raises(ConfigError, match=r"^zz: unknown key"):  # before the bad value of a field
+        from_dict(Node, {"batch": 0, "peers": [{"host": "a", "port": "x"}], "zz": 1})
+    with pytest.raises(ConfigError, match=r"^peers\[0\]\.zz: unknown key; valid keys: host, port, tls$"):
+        from_dict(Node, {"peers": [{"host": "a", "port": "x", "zz": 1}], "batch": 0})
+    with pytest.raises(ConfigError, match=r"^peers\[0\]\.port: expected an integer, got str 'x'$"):
+        from_dict(Node, {"batch": 0, "peers": [{"host": "a", "port": "x"}]})  # peers is declared first
+
+
+def test_post_init_errors_keep_their_words_and_get_the_key():
+    with pytest.raises(ConfigError, match=r"^node\.yaml: peer localhost:104 is this node$"):
+        from_dict(Node, {"peers": [{"host": "localhost"}]}, source="node.yaml")  # a ConfigError as raised
+    with pytest.raises(ConfigError, match=r"^peers\[0\]: host is empty$"):
+        from_dict(Node, {"peers": [{"host": ""}]})  # a TypeError, named by its key
+
+
+def test_unions_first_member_that_fits_and_ranges_of_the_member():
+    assert from_dict(Node, {"batch": 8}).batch == 8
+    assert from_dict(Node, {"batch": "auto"}).batch == "auto"
+    assert from_dict(Node, {"out": "x"}).out == "x"  # str before Path, as declared
+    with pytest.raises(ConfigError, match=r"^batch: value 0 is out of range \(must be >= 1\)$"):
+        from_dict(Node, {"batch": 0})
+    with pytest.raises(ConfigError, match=r"^batch: expected int \| one of 'auto', got str 'many'$"):
+        from_dict(Node, {"batch": "many"})
+    with pytest.raises(ConfigError, match=r"^batch: expected int \| one of 'auto', got float 8\.0$"):
+        from_dict(Node, {"batch": 8.0})
+    with pytest.raises(ConfigError, match=r"^out: expected str \| Path \| None, got int 3$"):
+        from_dict(Node, {"out": 3})
+    assert from_dict(Node, {"folds": [0, 4]}).folds == (0, 4)
+    with pytest.raises(ConfigError, match=r"^folds\[1\]: value 5 is out of range \(must be <= 4\)$"):
+        from_dict(Node, {"folds": [0, 5]})
+    with pytest.raises(ConfigError, match=r"^folds\[1\]: expected an integer, got str 'x'$"):
+        from_dict(Node, {"folds": [0, "x"]})
+    with pytest.raises(ConfigError, match=r"^color: expected 3 items, got 2$"):
+        from_dict(Node, {"color": [255, 0]})
+
+
+def test_containers_keys_and_elements():
+    cfg = from_dict(Node, {"counts": {1: 2}, "ratios": ["0.25", 0.5], "modes": ["b"], "devices": ["cuda", "CPU"]})
+    assert cfg.counts == {"1": 2}  # YAML int keys read as names
+    assert cfg.ratios == (0.25, 0.5) and cfg.modes == ("b",) and cfg.devices == [Device.CUDA, Device.CPU]
+    with pytest.raises(ConfigError, match=r"^ratios\[0\]: value 1\.0 is out of range \(must be < 1\.0\)$"):
+        from_dict(Node, {"ratios": [1]})
+    with pytest.raises(ConfigError, match=r"^ratios\[0\]: expected a number, got bool True$"):
+        from_dict(Node, {"ratios": [True]})
+    with pytest.raises(ConfigError, match=r"^modes\[0\]: invalid value 'c'; allowed: 'a', 'b'$"):
+        from_dict(Node, {"modes": ["c"]})
+    with pytest.raises(ConfigError, match=r"^devices\[1\]: invalid value 'tpu'; allowed: 'cpu', 'cuda'$"):
+        from_dict(Node, {"devices": ["cpu", "tpu"]})
+    with pytest.raises(ConfigError, match=r"^counts\.a: expected an integer, got float 1\.5$"):
+        from_dict(Node, {"counts": {"a": 1.5}})
+    with pytest.raises(ConfigError, match=r"^peers\[0\]\.host: expected a string, got int 3$"):
+        from_dict(Node, {"peers": [{"host": 3}]})

@@ -1,6 +1,6 @@
 """The paper's augmentation pipeline in Albumentations 2.x terms, for single-channel frames.
 
-Published pipeline (BENCHMARK_SPEC.md, "Protocol"), in order, and what we build for it:
+Published pipeline (docs/benchmark.md, "Protocol"), in order, and what we build for it:
 
 ====================================  ===================================================
 paper (Albumentations 1.x)            here (Albumentations 2.0.8)

@@ -107,7 +107,7 @@ def _gpu_probe(cfg: TrainConfig, device: torch.device, input_size: int, autocast
     """A probe running two training steps of a fresh copy of the configured model."""
     from segmentation.models.zoo import build_model
     from training.loss import SoftDiceLoss
-    from training.train import build_optimizer
+    from training.optim import build_optimizer
 
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     loss_fn = SoftDiceLoss()

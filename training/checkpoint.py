@@ -8,56 +8,22 @@ RNG states are stored as tensors and plain Python values so that no pickled code
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from tavicore.fileio import write_atomic
 from training.errors import TrainingError
 
 logger = logging.getLogger(__name__)
 
 #: Version of the checkpoint layout written by :func:`save_checkpoint`.
 CHECKPOINT_VERSION = 1
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it and rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
@@ -68,7 +34,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
         state: Tensors, state dicts and plain Python values (no numpy arrays or objects).
     """
     payload = {"checkpoint_version": CHECKPOINT_VERSION, **state}
-    _write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -96,7 +62,7 @@ def save_weights(path: Path, state_dict: Mapping[str, torch.Tensor], metadata: M
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    _write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

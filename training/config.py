@@ -11,7 +11,7 @@ Every key is checked by the project's one loader (:mod:`tavicore.config`): unkno
 keys, wrong types and out-of-range values raise :class:`~tavicore.config.ConfigError` naming the
 file and the dotted key. Architecture and encoder names are checked against the model zoo.
 
-The augmentation defaults are the paper's parameters (BENCHMARK_SPEC.md, "Protocol"), written
+The augmentation defaults are the paper's parameters (docs/benchmark.md, "Protocol"), written
 in their Albumentations 2.x form (see :mod:`training.augment` for the 1.x -> 2.x mapping).
 """
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tavicore.config import ConfigError, load_config, setting
+from tavicore.config import CONF_DIR, ConfigError, load_config, setting
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +156,33 @@ def check_model_names(model: ModelConfig, *, source: str = "") -> ModelConfig:
     return dataclasses.replace(model, architecture=architecture, encoder=encoder)
 
 
+def train_config_names() -> list[str]:
+    """Names of the shipped training configurations (``conf/train/<name>.yaml``)."""
+    return sorted(p.stem for p in (CONF_DIR / "train").glob("*.yaml"))
+
+
+def resolve_train_config(name: str | Path) -> Path:
+    """The one way a training configuration is named: an existing file, or the bare name of a
+    shipped one (``cpu_demo`` or ``cpu_demo.yaml`` -> ``conf/train/cpu_demo.yaml``).
+
+    Raises:
+        ConfigError: neither a file nor a shipped name (the message lists the shipped names).
+    """
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONF_DIR / "train" / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(f"{name}: training configuration not found (neither a file nor a shipped name); shipped: "
+                      f"{', '.join(train_config_names())}")
+
+
 def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
     """Load a training configuration file, apply dotted-key overrides and validate it.
 
     Args:
-        path: YAML file (``conf/train/<name>.yaml``).
+        path: YAML file, or the name of a shipped one (:func:`resolve_train_config`).
         overrides: ``{"optim.lr": 1e-4, "epochs": 2}`` applied on top of the file.
 
     Returns:
@@ -169,6 +191,7 @@ def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = No
     Raises:
         ConfigError: missing/malformed file, unknown key, bad value or unknown model name.
     """
+    path = resolve_train_config(path)
     cfg = load_config(path, TrainConfig, overrides=overrides)
     cfg = dataclasses.replace(cfg, model=check_model_names(cfg.model, source=str(path)))
     logger.debug("loaded training config %s", path)

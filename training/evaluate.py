@@ -33,14 +33,14 @@ import logging
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from segmentation.inference.config import PostprocessConfig
-from tavicore.config import CONF_DIR, load_config, setting
+from segmentation.inference.config import InferenceConfig, PostprocessConfig, check_inference_section
+from tavicore.config import CONF_DIR, ConfigError, apply_overrides, from_dict, read_yaml, setting
 from training.errors import EvaluationError
 from training.stats import ConfidenceInterval, Comparison, bootstrap_ci, pairwise_comparisons
 
@@ -63,17 +63,22 @@ COMPARISON_COLUMNS = (
 )
 
 
+def _paper_inference() -> InferenceConfig:
+    """The paper's inference: probabilities thresholded, no other post-processing."""
+    return InferenceConfig(postprocess=PostprocessConfig(keep_largest_component=False, fill_holes=False))
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """``conf/evaluate.yaml``: how models are run and how statistics are computed."""
+    """``conf/evaluate.yaml``: how models are run and how statistics are computed.
 
-    device: str = setting("auto", doc="auto, cpu, cuda or cuda:N")
-    backend: Literal["auto", "eager", "onnx", "bf16"] = setting("auto", doc="inference backend")
-    batch_size: int = setting(8, ge=1, le=1024, doc="frames per forward pass")
-    tta: bool = setting(False, doc="horizontal-flip test-time augmentation (paper: off)")
-    postprocess: PostprocessConfig = setting(
-        default_factory=lambda: PostprocessConfig(keep_largest_component=False, fill_holes=False),
-        doc="mask post-processing (paper: threshold only)",
+    ``inference`` is the one inference schema (:class:`InferenceConfig`, as ``conf/inference.yaml``
+    for ``taviseg predict`` and ``processing.inference`` for the node); its ``folds`` must stay
+    null: fold k's weights always score fold k's test patients.
+    """
+
+    inference: InferenceConfig = setting(
+        default_factory=_paper_inference, doc="how the models run (paper: threshold only, no TTA)"
     )
     patient_aggregate: Literal["mean", "median"] = setting(
         "mean", doc="how a patient's frame values become the patient's value"
@@ -85,18 +90,31 @@ class EvaluateConfig:
     alpha: float = setting(0.05, gt=0.0, lt=1.0, doc="family-wise level of the Holm-corrected tests")
     examples: int = setting(3, ge=0, le=50, doc="best and worst frames per model kept for the report")
 
+    def __post_init__(self) -> None:
+        if self.inference.folds is not None:
+            raise ValueError(
+                f"inference.folds {list(self.inference.folds)}: leave it null; evaluate scores each "
+                "fold's weights on that fold's test patients"
+            )
+
 
 def load_evaluate_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> EvaluateConfig:
     """Load ``conf/evaluate.yaml`` (or ``path``); a missing default file means all defaults.
 
     Raises:
-        ConfigError: unknown key, wrong type, out-of-range value, missing explicit file.
+        ConfigError: unknown key (inference settings outside the ``inference`` section
+            included), wrong type, out-of-range value, missing explicit file.
     """
-    if path is None and not DEFAULT_EVALUATE_CONFIG.is_file():
-        from tavicore.config import apply_overrides, from_dict
-
-        return from_dict(EvaluateConfig, apply_overrides({}, overrides or {}), source="evaluate")
-    return load_config(path or DEFAULT_EVALUATE_CONFIG, EvaluateConfig, overrides=overrides)
+    source = path or DEFAULT_EVALUATE_CONFIG
+    data = {} if path is None and not DEFAULT_EVALUATE_CONFIG.is_file() else read_yaml(source)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    own = {f.name for f in fields(EvaluateConfig)}
+    try:
+        check_inference_section(data, "", own_keys=own)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return from_dict(EvaluateConfig, data, source=str(source))
 
 
 # --------------------------------------------------------------------------- model selection
@@ -229,10 +247,7 @@ def evaluate_model(
     worst: list[tuple[float, int, dict, np.ndarray]] = []
     counter = 0
     for k in spec.folds:
-        engine = InferenceEngine.from_folder(
-            model, device=cfg.device, backend=cfg.backend, batch_size=cfg.batch_size,
-            folds=[k], tta=cfg.tta, postprocess=cfg.postprocess,
-        )
+        engine = InferenceEngine.from_config(model, replace(cfg.inference, folds=(k,)))
         test = splits.folds[k].test
         for pid in _progress(test, f"{name} fold {k}", progress):
             records = dataset.frames_of([pid])
@@ -248,12 +263,13 @@ def evaluate_model(
                     raise EvaluationError(
                         f"{rec.frame_id}: prediction {mask.shape} vs ground truth {gt.shape}"
                     )
+                surface = metrics.surface_metrics(mask, gt, spacing_mm=rec.spacing_mm)
                 row = {
                     "model": name, "fold": k, "patient_id": pid, "frame_id": rec.frame_id,
                     "run_id": rec.run_id, "frame_index": rec.frame_index, "stage": rec.stage,
                     "dice": metrics.dice(mask, gt), "iou": metrics.iou(mask, gt),
-                    "assd_mm": metrics.assd_mm(mask, gt, spacing_mm=rec.spacing_mm),
-                    "hd95_mm": metrics.hd95_mm(mask, gt, spacing_mm=rec.spacing_mm) if cfg.hd95 else math.nan,
+                    "assd_mm": surface.assd_mm,
+                    "hd95_mm": surface.hd95_mm if cfg.hd95 else math.nan,
                     "gt_area_px": int(gt.sum()), "pred_area_px": int(mask.sum()),
                     "confidence": float(pred.confidence[i]),
                     "spacing_row_mm": rec.spacing_mm[0], "spacing_col_mm": rec.spacing_mm[1],

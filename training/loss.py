@@ -1,6 +1,6 @@
 """The paper's loss (soft Dice over the batch) and the hard Dice used to pick the best epoch.
 
-Soft Dice (BENCHMARK_SPEC.md, "Protocol")::
+Soft Dice (docs/benchmark.md, "Protocol")::
 
     Loss = 1 - (2 * sum(y * p) + eps) / (sum(y) + sum(p) + eps),   eps = 1e-7
 

@@ -5,9 +5,9 @@ The paper (Table 3) reports, per model, the median over patients of the per-pati
 ASSD with a 95 % bootstrap confidence interval, and compares models with paired Wilcoxon
 signed-rank tests on per-patient Dice, Holm-corrected. This module implements exactly that:
 
-* :func:`bootstrap_ci`: percentile bootstrap over patients (resample the per-patient values with
-  replacement, seeded; the interval is the ``(1-c)/2`` and ``(1+c)/2`` quantiles of the
-  resampled statistic).
+* :func:`bootstrap_ci`: percentile bootstrap over patients (``scipy.stats.bootstrap`` with
+  ``method="percentile"``, seeded: resample the per-patient values with replacement; the interval
+  is the ``(1-c)/2`` and ``(1+c)/2`` quantiles of the resampled statistic).
 * :func:`holm`: Holm (1979) step-down adjusted p-values, written out here (no statsmodels).
 * :func:`paired_wilcoxon` and :func:`pairwise_comparisons`: ``scipy.stats.wilcoxon`` on paired
   per-patient values of every pair of models, then :func:`holm` over all pairs.
@@ -66,14 +66,16 @@ def bootstrap_ci(
     resamples: int = DEFAULT_RESAMPLES,
     seed: int = 0,
 ) -> ConfidenceInterval:
-    """Percentile bootstrap confidence interval of ``statistic`` over ``values``.
+    """Percentile bootstrap confidence interval of ``statistic`` over ``values``
+    (``scipy.stats.bootstrap``, ``method="percentile"``).
 
     Non-finite values (NaN ASSD of a patient whose frames were all missed) are dropped first;
-    ``n`` in the result counts the values kept.
+    ``n`` in the result counts the values kept. With a single value every resample equals it:
+    the interval is that value (scipy refuses fewer than two observations).
 
     Args:
         values: One value per unit being resampled (per patient).
-        statistic: Vectorised reducer called as ``statistic(array, axis=1)``
+        statistic: Vectorised reducer called as ``statistic(array, axis=-1)``
             (``np.median`` by default, ``np.mean`` works too).
         confidence: Coverage of the interval, in (0, 1).
         resamples: Number of bootstrap resamples (>= 1).
@@ -95,18 +97,15 @@ def bootstrap_ci(
     if n == 0:
         nan = float("nan")
         return ConfidenceInterval(nan, nan, nan, confidence, 0, resamples)
-    estimate = float(statistic(arr[None, :], axis=1)[0])
-    rng = np.random.default_rng(seed)
-    # Chunk the resamples so that memory stays bounded for large cohorts.
-    chunk = max(1, min(resamples, 4_000_000 // max(n, 1)))
-    boot = np.empty(resamples, dtype=np.float64)
-    for start in range(0, resamples, chunk):
-        stop = min(resamples, start + chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        boot[start:stop] = statistic(arr[idx], axis=1)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(boot, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return ConfidenceInterval(estimate, float(low), float(high), confidence, n, resamples)
+    estimate = float(statistic(arr[None, :], axis=-1)[0])
+    if n == 1:
+        return ConfidenceInterval(estimate, estimate, estimate, confidence, 1, resamples)
+    res = sps.bootstrap(
+        (arr,), statistic, n_resamples=resamples, batch=max(1, 4_000_000 // n),  # bounded memory
+        vectorized=True, confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed),
+    )
+    ci = res.confidence_interval
+    return ConfidenceInterval(estimate, float(ci.low), float(ci.high), confidence, n, resamples)
 
 
 def holm(p_values: Sequence[float] | np.ndarray) -> np.ndarray:

@@ -41,6 +41,9 @@ import torch
 from tqdm.auto import tqdm
 
 from tavicore.config import to_dict
+from tavicore.device import resolve_device as core_resolve_device
+from tavicore.errors import DeviceError
+from tavicore.fileio import write_json_atomic, write_text_atomic
 from training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -48,16 +51,15 @@ from training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     save_weights,
-    write_json_atomic,
-    write_text_atomic,
 )
-from training.config import OptimConfig, TrainConfig
+from training.config import TrainConfig
 from training.data import EvalFrameDataset, FrameDataset, derive_seed, fold_records, get_fold, make_loader
 from tavidata.format import Dataset
 from tavidata.splits import SPLITS_FILENAME, Splits, check_splits, load_splits
 from tavidata.errors import SplitError
 from training.errors import NonFiniteLossError, TrainingError
 from training.loss import SoftDiceLoss, dice_per_frame
+from training.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +95,11 @@ class FoldResult:
 # --------------------------------------------------------------------------- devices, optim
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; otherwise the named device.
-
-    Raises:
-        TrainingError: a CUDA device was asked for on a machine without one.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(f"device {name!r}: CUDA is not available here; use device=cpu or auto")
-    return device
+    """:func:`tavicore.device.resolve_device`, its error as a :class:`TrainingError`."""
+    try:
+        return core_resolve_device(name)
+    except DeviceError as exc:
+        raise TrainingError(str(exc)) from exc
 
 
 def autocast_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -117,18 +113,6 @@ def autocast_dtype_for(cfg: TrainConfig, device: torch.device) -> torch.dtype | 
     if cfg.amp_dtype == "bf16":
         logger.warning("bf16 is not supported on %s; using fp16 autocast with a GradScaler", device)
     return torch.float16
-
-
-def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
-    """Adam, RAdam or RMSprop over the model's parameters (library defaults otherwise).
-
-    Raises:
-        TrainingError: unknown optimizer name.
-    """
-    classes = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "rmsprop": torch.optim.RMSprop}
-    if optim.name not in classes:
-        raise TrainingError(f"unknown optimizer {optim.name!r}; valid: {', '.join(classes)}")
-    return classes[optim.name](model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
 @contextlib.contextmanager

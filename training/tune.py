@@ -53,6 +53,7 @@ from tavicore.config import CONF_DIR, ConfigError, apply_overrides, from_dict, l
 from training.config import TrainConfig, check_model_names, load_train_config
 from training.errors import NonFiniteLossError, TrainingError, TrialFailedError, TuneError
 from training.search_space import PARAM_NAMES, SearchSpace, apply_params, check_search_space, suggest
+from tavicore.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -588,7 +589,7 @@ def export_study(study: optuna.Study, out_dir: str | Path, base: TrainConfig) ->
     rows = trial_rows(study)
     counts = {s.name: sum(r["state"] == s.name for r in rows) for s in TrialState}
     trials_csv = out_dir / "trials.csv"
-    _atomic_write(trials_csv, _csv_text(rows))
+    write_text_atomic(trials_csv, _csv_text(rows))
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     best = max(complete, key=lambda t: (t.value, -t.number)) if complete else None
     summary: dict[str, Any] = {
@@ -604,7 +605,7 @@ def export_study(study: optuna.Study, out_dir: str | Path, base: TrainConfig) ->
         "best_epoch": best.user_attrs.get("best_epoch") if best else None,
     }
     best_json = out_dir / "best_params.json"
-    _atomic_write(best_json, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(best_json, json.dumps(summary, indent=2) + "\n")
     best_yaml = None
     if best is not None:
         cfg = apply_params(base, best.params)
@@ -614,7 +615,7 @@ def export_study(study: optuna.Study, out_dir: str | Path, base: TrainConfig) ->
             "# Written by `taviseg tune`; train it with `taviseg train --config <this file>`.\n"
         )
         best_yaml = out_dir / "best_config.yaml"
-        _atomic_write(best_yaml, header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        write_text_atomic(best_yaml, header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
         logger.info("study %s: best trial %d, val Dice %.4f, %s", study.study_name,
                     best.number, best.value, dict(best.params))
     else:
@@ -638,9 +639,3 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return buf.getvalue()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

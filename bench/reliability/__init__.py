@@ -5,7 +5,7 @@
         [--senders 8 --runs-per-sender 10] [--workdir DIR] [-v]
 
 Each scenario runs the node as a separate process (``python -m taviseg serve --config FILE``,
-through :class:`tests.node.support.NodeProcess`) on free loopback ports with its own state
+through :class:`testkit.node.NodeProcess`) on free loopback ports with its own state
 folder, talks to it with real peers (dcmtk ``storescu``, pynetdicom, a real Orthanc as PACS) and
 prints ONE summary line on stdout. Diagnostics go to stderr (``logging``; ``-v`` for more); the
 files of a run (node logs, per-send table ``bad_inputs.tsv``, crash logs) stay in ``--workdir``
@@ -15,7 +15,7 @@ Every wait is bounded and polls; every loop is bounded in count; nothing leaves 
 Processors: ``model`` is a real model folder (random-weight LinkNet/ResNet-18 at 64 px, the
 folder tests/node/conftest.py ``tiny_model`` builds; SEG + SR outputs) run by the node's
 ModelPipeline, i.e. the real DICOM readers and decoders; ``fake`` is the test processor
-``tests.node.fakes:threshold_processor`` (one SEG-like output), slowed down by
+``testkit.fakes:threshold_processor`` (one SEG-like output), slowed down by
 ``TAVISEG_TEST_PROCESS_DELAY_S`` to widen the kill windows. Each line says which one ran.
 
 bad: bad inputs
@@ -53,7 +53,30 @@ bad: bad inputs
         names a SOP class or transfer syntax the node does not accept).
     Anything else is a wrong answer: 0x0110, warning or unknown statuses, an association the
     node dropped or aborted without answering, Success for an instance the journal never
-    finishes. A CRASH is the node process exiting (it is then restarted and the run goes on);
+    finishes. The line counts these as "acceptable answer N of M": a no-crash, no-bug check
+    that takes any correct refusal as right.
+
+    "expected status N of M" is the stricter check, on the sends whose answer follows from what
+    was broken (:func:`bench.reliability.mutants.predicted_answers`, with the node's default
+    limits); the answer must be the predicted one, and a Success must also pass the journal
+    check above:
+      * unmodified samples: Success;
+      * damage confined to the Pixel Data of an image (bit flips, truncation inside it, damaged
+        encapsulation, odd/UN/short/empty Pixel Data, more frames declared than it holds) and
+        values the handler does not check (bit depths, photometric interpretation, calibration,
+        text): Success, since the handler parses the header only and the worker decodes;
+      * no readable data set (garbage after the preamble or the File Meta, random files, a
+        truncated File Meta): 0xC210;
+      * a File Meta claiming a transfer syntax the node does not accept: context refused;
+      * NumberOfFrames 0 / -1 / not a number: 0xA900; above 5000: 0xA702; empty: Success;
+      * Rows or Columns 0: 0xA900; Rows x Columns above 4096 x 4096: 0xA701; else Success;
+      * Rows, Columns, SOP Class, SOP Instance, Study or Series UID missing: 0xA900 (SOP Class
+        and Instance both: 0xC210); other attributes missing: Success;
+      * Study/Series UID empty: 0xA900; garbled or over 64 characters: 0xC210.
+    Random byte damage (bit flips in the header or anywhere, wrong lengths, zeroed, random,
+    deleted or repeated spans, truncation in the header, nested sequences...) can land anywhere,
+    so no status is predicted for it: those sends count only in "acceptable answer". The
+    per-send table (``bad_inputs.tsv``) has an ``expected`` column. A CRASH is the node process exiting (it is then restarted and the run goes on);
     after every send the bench also sends a C-ECHO, which must be answered Success.
     "unexpected-error failures" counts instances failed with the worker's "unexpected ..."
     reason (an exception outside the node's domain errors: recorded, but a sign of a bug).

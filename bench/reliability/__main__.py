@@ -20,7 +20,7 @@ from bench.reliability.crash import scenario_crash
 from bench.reliability.harness import Bench, BenchError, logger
 from bench.reliability.load import scenario_load
 from bench.reliability.outage import scenario_outage
-from taviseg.orthanc import OrthancError
+from testkit.orthanc import OrthancError
 
 SCENARIOS = ("bad", "crash", "outage", "load")
 QUICK = {"mutants": 40, "crash_runs": 12, "kills": 4, "outage_runs": 6, "outage_s": 2.0,

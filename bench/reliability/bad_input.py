@@ -24,9 +24,9 @@ from bench.reliability.harness import (
     storescu_file,
     wait_drained,
 )
-from bench.reliability.mutants import make_mutants, sample_bases, synthetic_bases
-from tests.conftest import samples_path
-from tests.node.support import echo
+from bench.reliability.mutants import CONTEXT_REFUSED, SUCCESS, make_mutants, sample_bases, synthetic_bases
+from testkit.paths import samples_path
+from testkit.node import echo
 
 #: Restarts tried after the node exits before a scenario gives up.
 MAX_RESTARTS = 5
@@ -40,6 +40,15 @@ def is_refusal(status: int) -> bool:
     return (status >> 8) in (0xA7, 0xA9) or (status >> 12) == 0xC or status in REFUSAL_STATUSES
 
 
+def answer_label(attempt: StoreAttempt) -> str | None:
+    """The answer as a label (``0x0000``, ``0xC210``..., ``context refused``); None without one."""
+    if attempt.outcome == "context-refused":
+        return CONTEXT_REFUSED
+    if attempt.outcome != "answered" or attempt.status is None:
+        return None
+    return f"0x{attempt.status:04X}"
+
+
 @dataclass
 class SendRecord:
     """What happened to one bad-input send (a row of bad_inputs.tsv)."""
@@ -50,6 +59,8 @@ class SendRecord:
     description: str
     sop_uid: str
     attempt: StoreAttempt
+    #: The answers predicted from what was broken (samples: Success); None: not predictable.
+    expected: frozenset[str] | None = None
     echo_ok: bool = True
     crashed: bool = False
     final_state: str = ""
@@ -127,12 +138,12 @@ def scenario_bad(bench: Bench) -> tuple[str, bool]:
                 attempt = store_bytes(node.port, path.read_bytes(), scratch, fallback=(
                     str(meta.SOPClassUID), str(meta.SOPInstanceUID), str(meta.file_meta.TransferSyntaxUID)))
             after_send(SendRecord(path.name, "sample", "unchanged", "sample file as it is",
-                                  str(meta.SOPInstanceUID), attempt))
+                                  str(meta.SOPInstanceUID), attempt, frozenset({SUCCESS})))
         bases = synthetic_bases() + sample_bases(samples_dir)
         for mutant in make_mutants(args.mutants, bases, rng):
             attempt = store_bytes(node.port, mutant.data, scratch, fallback=mutant.fallback)
             after_send(SendRecord(mutant.name, "mutant", mutant.family, mutant.description,
-                                  attempt.sop_uid or mutant.sop_uid, attempt))
+                                  attempt.sop_uid or mutant.sop_uid, attempt, mutant.expected))
             if len(records) % 50 == 0:
                 logger.info("bad inputs: %d sent", len(records))
         drained = drain()
@@ -189,14 +200,19 @@ def _judge_bad(bench: Bench, records: list[SendRecord], state: Path, crashes: in
             statuses[f"0x{a.status:04X}"] += 1
         if rec.verdict != "correct" and rec.verdict != "crash":
             logger.error("bad input %s (%s): %s %s", rec.name, rec.description, rec.verdict, a.detail)
+        elif rec.expected is not None and answer_label(a) not in rec.expected:
+            logger.error("bad input %s (%s): answered %s, expected %s", rec.name, rec.description,
+                         answer_label(a), " or ".join(sorted(rec.expected)))
     table = bench.workdir / "bad" / "bad_inputs.tsv"
     with table.open("w") as f:
-        f.write("name\tkind\tfamily\tdescription\tmode\toutcome\tstatus\techo\tfinal_state\tverdict\tdetail\n")
+        f.write("name\tkind\tfamily\tdescription\tmode\toutcome\tstatus\texpected\techo\tfinal_state\tverdict\t"
+                "detail\n")
         for r in records:
             a = r.attempt
             status = "" if a.status is None else f"0x{a.status:04X}"
+            expected = "any" if r.expected is None else " or ".join(sorted(r.expected))
             detail = re.sub(r"\s+", " ", (r.final_detail or a.detail))[:300]
-            f.write(f"{r.name}\t{r.kind}\t{r.family}\t{r.description}\t{a.mode}\t{a.outcome}\t{status}\t"
+            f.write(f"{r.name}\t{r.kind}\t{r.family}\t{r.description}\t{a.mode}\t{a.outcome}\t{status}\t{expected}\t"
                     f"{'ok' if r.echo_ok else 'FAIL'}\t{r.final_state}\t{r.verdict}\t{detail}\n")
     sendable = [r for r in records if r.attempt.outcome != "not-sendable"]
     mutants_sent = sum(r.kind == "mutant" for r in sendable)
@@ -204,6 +220,8 @@ def _judge_bad(bench: Bench, records: list[SendRecord], state: Path, crashes: in
     raw = sum(r.attempt.mode == "raw" for r in sendable)
     not_sendable = len(records) - len(sendable)
     correct = sum(r.verdict == "correct" for r in sendable)
+    predicted = [r for r in sendable if r.expected is not None]
+    as_predicted = sum(r.verdict == "correct" and answer_label(r.attempt) in r.expected for r in predicted)
     wrong = sum(r.verdict.startswith("wrong") for r in sendable)
     no_answer = sum(r.attempt.outcome in ("no-answer", "no-association") for r in sendable)
     echo_fail = sum(not r.echo_ok for r in sendable)
@@ -214,7 +232,10 @@ def _judge_bad(bench: Bench, records: list[SendRecord], state: Path, crashes: in
                  else f"node did not answer C-ECHO after {echo_fail} send(s)")
     line = (
         f"bad inputs: {len(sendable)} sent ({samples_sent} sample files, {mutants_sent} mutants; {raw} sent raw), "
-        f"{not_sendable} not sendable, {correct} answered correctly, {wrong} wrong answers "
+        f"{not_sendable} not sendable; expected status {as_predicted} of {len(predicted)} (the sends whose status "
+        f"follows from what was broken: samples, pixel data, header values the node checks, unreadable data sets), "
+        f"acceptable answer {correct} of {len(sendable)} (Success the journal finishes, or a PS3.4 refusal; any "
+        f"status allowed for the {len(sendable) - len(predicted)} random-byte damages), {wrong} wrong answers "
         f"({no_answer} without an answer, {stuck} stuck), {crashes} crashes, {echo_text}; "
         f"{statuses['0x0000']} Success ({finals_text or 'none'}; {died} failed because the run killed the "
         f"processing process, {unexpected} unexpected-error failures), "
@@ -222,7 +243,7 @@ def _judge_bad(bench: Bench, records: list[SendRecord], state: Path, crashes: in
         f"{processor.describe()}, node peak RSS {peak_kib / 1024**2:.2f} GiB (node + processing processes), "
         f"{fmt_s(elapsed)}"
     )
-    ok = (correct == len(sendable) and crashes == 0 and echo_fail == 0 and mutants_sent >= min(500, bench.args.mutants)
+    ok = (correct == len(sendable) and as_predicted == len(predicted) and crashes == 0 and echo_fail == 0 and mutants_sent >= min(500, bench.args.mutants)
           and not leftovers)
     if mutants_sent < min(500, bench.args.mutants):
         logger.error("only %d mutants were sent (%d not sendable)", mutants_sent, not_sendable)

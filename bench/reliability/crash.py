@@ -25,7 +25,7 @@ from bench.reliability.harness import (
     send_dataset,
     wait_drained,
 )
-from tests.node.support import echo, make_xa, wait_until
+from testkit.node import echo, make_xa, wait_until
 
 
 class KillController:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom import uid
 from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import _config as pynetdicom_config
@@ -25,8 +26,8 @@ from pynetdicom import evt
 from pynetdicom.dsutils import split_dataset
 
 from dicom_node.pipeline import derive_uid, model_fingerprint
-from taviseg.orthanc import OrthancServer, find_orthanc, start_orthanc
-from tests.node.support import (
+from testkit.orthanc import OrthancServer, find_orthanc, start_orthanc
+from testkit.node import (
     FAKE_PROCESSOR,
     NodeProcess,
     associate,
@@ -43,10 +44,10 @@ GIB = 1024**3
 FAKE_VERSION = "test-1"
 #: storescu option proposing a file's transfer syntax (compressed ones only when told).
 STORESCU_TS_OPTION = {
-    "1.2.840.10008.1.2.1": "-x=", "1.2.840.10008.1.2": "-x=", "1.2.840.10008.1.2.2": "-xb",
-    "1.2.840.10008.1.2.5": "-xr", "1.2.840.10008.1.2.4.50": "-xy", "1.2.840.10008.1.2.4.51": "-xx",
-    "1.2.840.10008.1.2.4.70": "-xs", "1.2.840.10008.1.2.4.80": "-xt", "1.2.840.10008.1.2.4.81": "-xu",
-    "1.2.840.10008.1.2.4.90": "-xv", "1.2.840.10008.1.2.4.91": "-xw",
+    uid.ExplicitVRLittleEndian: "-x=", uid.ImplicitVRLittleEndian: "-x=", uid.ExplicitVRBigEndian: "-xb",
+    uid.RLELossless: "-xr", uid.JPEGBaseline8Bit: "-xy", uid.JPEGExtended12Bit: "-xx",
+    uid.JPEGLosslessSV1: "-xs", uid.JPEGLSLossless: "-xt", uid.JPEGLSNearLossless: "-xu",
+    uid.JPEG2000Lossless: "-xv", uid.JPEG2000: "-xw",
 }
 
 
@@ -201,8 +202,8 @@ class Bench:
         """The ``model`` or ``fake`` processor (the fake slowed down by ``delay_s`` per run)."""
         if kind == "model":
             folder = self.model_folder()
-            section = {"processor_factory": None, "model_folder": str(folder), "backend": "eager",
-                       "device": "cpu", "batch_size": 4, "outputs": ["seg", "sr"]}
+            section = {"processor_factory": None, "model_folder": str(folder),
+                       "inference": {"backend": "eager", "device": "cpu", "batch_size": 4}, "outputs": ["seg", "sr"]}
             return Processor("model", section, model_fingerprint(folder), ("seg", "sr"))
         env = {"TAVISEG_TEST_PROCESS_DELAY_S": f"{delay_s:g}"} if delay_s else {}
         return Processor("fake", {"processor_factory": FAKE_PROCESSOR}, FAKE_VERSION, ("seg",), env)

@@ -18,7 +18,7 @@ from bench.reliability.harness import (
     logger,
     wait_drained,
 )
-from tests.node.support import make_xa
+from testkit.node import make_xa
 
 
 def scenario_load(bench: Bench) -> tuple[str, bool]:
@@ -89,7 +89,7 @@ def _load_send(bench: Bench, port: int, folders: list[Path]) -> tuple[int, str]:
     lock = threading.Lock()
 
     def one(fs: list[Path]) -> None:
-        from tests.node.support import send
+        from testkit.node import send
         statuses = send(port, fs, calling="STORESCU")
         with lock:
             results.extend(s for s in statuses if s == 0)

@@ -19,11 +19,13 @@ from pydicom.filereader import data_element_generator
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import (
+    JPEG2000,
+    MPEG2MPML,
     UID,
+    CTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGLSLossless,
     JPEGLSNearLossless,
@@ -33,7 +35,7 @@ from pydicom.uid import (
 
 from bench.reliability.harness import BenchError, logger
 from dicom_node.sop import TRANSFER_SYNTAXES
-from tests.node.support import make_xa, part10_bytes
+from testkit.node import make_xa, part10_bytes
 
 _LONG_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
 
@@ -298,7 +300,7 @@ def m_wrong_ts(rng: random.Random, ds: pydicom.Dataset, base: Base) -> tuple[byt
     data = serialize(ds)
     lay = layout_of(data, ds.file_meta.TransferSyntaxUID)
     actual = str(ds.file_meta.TransferSyntaxUID)
-    options = [ts for ts in TRANSFER_SYNTAXES if ts != actual] + ["1.2.840.10008.1.2.4.100", "1.2.3.4"]
+    options = [ts for ts in TRANSFER_SYNTAXES if ts != actual] + [MPEG2MPML, "1.2.3.4"]
     claimed = rng.choice(options)
     meta = copy.deepcopy(ds.file_meta)
     meta.TransferSyntaxUID = claimed
@@ -416,7 +418,7 @@ def m_uid_garbage(rng: random.Random, ds: pydicom.Dataset, base: Base) -> tuple[
     kw, value = rng.choice([
         ("SOPInstanceUID", str(generate_uid())), ("StudyInstanceUID", "abc.def"),
         ("SeriesInstanceUID", "1." + "2" * 80), ("StudyInstanceUID", ".1.2..3"),
-        ("SeriesInstanceUID", "1.2.3\x00\x00"), ("SOPClassUID", "1.2.840.10008.5.1.4.1.1.2"),
+        ("SeriesInstanceUID", "1.2.3\x00\x00"), ("SOPClassUID", CTImageStorage),
         ("StudyInstanceUID", ""), ("SOPInstanceUID", str(ds.SOPInstanceUID) + ".1"),
     ])
     set_raw(ds, kw, "UI", value)
@@ -552,9 +554,80 @@ def sample_bases(folder: Path) -> list[Base]:
     return bases
 
 
+#: Answers, as :func:`bench.reliability.bad_input.answer_label` names them.
+SUCCESS, MISMATCH, TOO_LARGE, TOO_MANY_FRAMES, CANNOT_UNDERSTAND = "0x0000", "0xA900", "0xA701", "0xA702", "0xC210"
+CONTEXT_REFUSED = "context refused"
+#: Families that change only the Pixel Data value of an image: the C-STORE handler never decodes
+#: pixels (they are decoded by the worker), so the header is intact and the answer is Success.
+PIXEL_ONLY = {"flip-pixels", "truncate-pixels", "encapsulation", "pixel-vr", "frames-beyond-pixels"}
+#: Families that change attributes the handler does not check (it checks UIDs, Rows, Columns,
+#: NumberOfFrames and the limits): Success; the worker decides whether the run can be segmented.
+UNCHECKED_ATTRIBUTES = {"bits", "photometric", "calibration", "text"}
+#: Families that leave no readable data set (random bytes after the File Meta, or no File Meta
+#: at all: sent raw): the node cannot parse the header, 0xC210.
+UNPARSEABLE = {"garbage-after-preamble", "random-file", "garbage-dataset", "truncate-meta"}
+_FRAMES_NOT_POSITIVE = {"'0'", "'-1'"}
+_FRAMES_NOT_A_NUMBER = {"'abc'", "'3\\\\4'"}
+_FRAMES_TOO_MANY = {"'5001'", "'999999999'", "'2147483648'", "'99999999999999999999'"}
+_HANDLER_CHECKED = {"Rows", "Columns", "SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"}
+
+
+def predicted_answers(family: str, description: str, base: Base) -> frozenset[str] | None:
+    """The C-STORE answers the node may give, predicted from what the mutation broke; None when
+    the damage lands on random bytes and no answer can be predicted (any correct answer then).
+
+    Predictions follow the node's contract with its default limits (max_frames 5000,
+    max_frame_pixels 4096 x 4096): the handler parses the header only, refuses 0xC210 when it
+    cannot, 0xA900 when identifying values or Rows/Columns/NumberOfFrames are missing, invalid
+    or differ from the command, 0xA701/0xA702 beyond a limit, and a presentation context with a
+    transfer syntax it does not accept is refused at association; everything else is Success.
+    A mutation that fell back to another one (its description says which) is predicted as that one.
+    """
+    if family in PIXEL_ONLY and base.image and "PixelData" in base.dataset:
+        return frozenset({SUCCESS})
+    if family in UNCHECKED_ATTRIBUTES:
+        return frozenset({SUCCESS})
+    if family in UNPARSEABLE:
+        return frozenset({CANNOT_UNDERSTAND})
+    if family == "wrong-ts":
+        claimed = description.split("File Meta claims ", 1)[1].split(" for ", 1)[0]
+        return frozenset({CONTEXT_REFUSED}) if claimed not in TRANSFER_SYNTAXES else None
+    if family == "frames":
+        value = description.removeprefix("NumberOfFrames ")
+        if value in _FRAMES_NOT_POSITIVE or value in _FRAMES_NOT_A_NUMBER:
+            return frozenset({MISMATCH})
+        if value in _FRAMES_TOO_MANY:
+            return frozenset({TOO_MANY_FRAMES})
+        if value == "''":  # an empty value: one frame, as when it is absent
+            return frozenset({SUCCESS})
+        return None  # '1.5', '1e2', '+3': a lenient reader may take them as numbers
+    if family == "dims":
+        words = description.split()
+        rows, cols = int(words[1]), int(words[3])
+        if rows < 1 or cols < 1:
+            return frozenset({MISMATCH})
+        if rows * cols > 4096 * 4096:
+            return frozenset({TOO_LARGE})
+        return frozenset({SUCCESS})
+    if family == "missing":
+        gone = set(description.removeprefix("missing ").split(", "))
+        if {"SOPClassUID", "SOPInstanceUID"} <= gone:
+            return frozenset({CANNOT_UNDERSTAND})
+        return frozenset({MISMATCH}) if gone & _HANDLER_CHECKED else frozenset({SUCCESS})
+    if family == "uid-garbage":
+        keyword, value = description.split(" ", 1)
+        if keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+            if value == "''":
+                return frozenset({MISMATCH})
+            if not value.startswith("'1.2.3\\x00"):  # garbled or over-long: not a UID at all
+                return frozenset({CANNOT_UNDERSTAND})
+        return None  # a changed SOP Instance/Class UID is copied into the File Meta by pydicom
+    return None
+
+
 @dataclass
 class Mutant:
-    """One corrupt file to send."""
+    """One corrupt file to send, and the answers predicted for it (None: not predictable)."""
 
     name: str
     family: str
@@ -562,6 +635,7 @@ class Mutant:
     description: str
     data: bytes
     fallback: tuple[str, str, str]  # SOP Class UID, SOP Instance UID, transfer syntax of the original
+    expected: frozenset[str] | None = None
 
     @property
     def sop_uid(self) -> str:
@@ -594,4 +668,5 @@ def make_mutants(count: int, bases: Sequence[Base], rng: random.Random) -> Itera
                                  family, base.name, type(exc).__name__, exc)
         else:
             raise BenchError(f"no mutation of {base.name} could be written in 10 draws")
-        yield Mutant(f"{i:04d}-{family}-{base.name}", family, base.name, description, data, fallback)
+        yield Mutant(f"{i:04d}-{family}-{base.name}", family, base.name, description, data, fallback,
+                     predicted_answers(family, description, base))

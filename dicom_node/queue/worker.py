@@ -179,10 +179,10 @@ class WorkerPool:
             raise
         self.outbox.discard(stale)
         for kind in kinds:
-            self.metrics.outputs.inc(kind=kind)
+            self.metrics.outputs.labels(kind=kind).inc()
         elapsed = time.monotonic() - t0
         self.metrics.processing_seconds.observe(elapsed)
-        self.metrics.processed.inc(result=state)
+        self.metrics.processed.labels(result=state).inc()
         log = logger.info if state != "failed" else logger.error
         log("instance #%d %s %s in %.2f s: %s", row.id, row.sop_instance_uid, state, elapsed, detail)
         if state in ("done", "skipped") and not self.keep_processed:

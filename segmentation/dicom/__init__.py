@@ -5,7 +5,6 @@ Reading (one module per concept):
     decode       one encoded frame -> stored values, with the fastest decoder and fallbacks
     calibration  which pixel spacing applies, and where it came from (:class:`Calibration`)
     reader       a file or dataset -> :class:`ProjectionRun`, frames one at a time
-    bench_decoders  ``python -m segmentation.dicom.bench_decoders FILE...``: decoder timings
 
 Writing:
     header       sanitised header copies shared by every writer (patient/study, PatientSex...)

@@ -29,7 +29,13 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames, get_frame
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from segmentation.dicom.calibration import Calibration, calibrate
 from segmentation.dicom.decode import FrameCodec, PixelLayout
@@ -284,7 +290,7 @@ def _transfer_syntax(ds: Dataset) -> UID:
         return ImplicitVRLittleEndian
     if ds.original_encoding == (False, False):
         return ExplicitVRBigEndian
-    return UID("1.2.840.10008.1.2.1")
+    return ExplicitVRLittleEndian
 
 
 def _read_pixel_header(stream: BinaryIO, transfer_syntax: UID) -> tuple[int, str, int] | None:

@@ -22,6 +22,16 @@ source highdicom treats as multi-frame:
    ReferencedFrameNumber to the real source frame number (omitted for sources without a
    Multi-frame module, where a frame reference is not allowed).
 
+With ``image_plane_groups=True`` (off by default) step 3 keeps, in the shared functional
+groups, a Plane Orientation item with the identity cosines (1,0,0,0,1,0) and a Pixel Measures
+item (PixelSpacing only when the source is calibrated in the patient, at the isocentre): no
+Frame of Reference is written, the SEG stays aligned pixel for pixel with its source frames.
+OHIF v3 (cornerstone3D's SEG adapter) refuses a SEG without both items (it reads
+``PixelMeasuresSequence`` and ``PlaneOrientationSequence.ImageOrientationPatient`` and
+compares the latter with the source's orientation, which it takes as the identity for an XA
+image that has none); both macros may be present without a Frame of Reference and dciodvfy
+accepts them (tests/viewers, scripts/viewer_matrix.py).
+
 Single-frame-IOD sources (Secondary Capture) go through highdicom unchanged. The module checks
 the result (frame count, references) and raises DicomWriteError if highdicom's output differs
 from what the workaround expects, e.g. after a highdicom upgrade (it is pinned).
@@ -118,14 +128,33 @@ _TEMPORARY_ROOT = ("FrameOfReferenceUID", "PositionReferenceIndicator", "Dimensi
 _TEMPORARY_GROUPS = ("PlaneOrientationSequence", "PixelMeasuresSequence", "PlanePositionSequence")
 
 
-def _strip_geometry(seg: Dataset, frame_numbers: Sequence[int], multi_frame_source: bool) -> None:
-    """Remove the proxy's geometry and point every frame at its real source frame."""
+def _image_plane_groups(shared: Dataset, header: Dataset) -> None:
+    """Identity Plane Orientation and the patient-plane Pixel Measures (see module doc)."""
+    from segmentation.dicom.calibration import CalibrationSource, calibrate  # noqa: PLC0415
+
+    orientation = Dataset()
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PlaneOrientationSequence = [orientation]
+    measures = Dataset()
+    calibration = calibrate(header, number_of_frames=source_frame_count(header) or 1)
+    if calibration.spacing_mm is not None and not calibration.detector_plane \
+            and calibration.source is not CalibrationSource.CONFIGURED_DEFAULT:
+        measures.PixelSpacing = [round(float(v), 6) for v in calibration.spacing_mm]
+    shared.PixelMeasuresSequence = [measures]
+
+
+def _strip_geometry(seg: Dataset, frame_numbers: Sequence[int], multi_frame_source: bool,
+                    header: Dataset | None = None) -> None:
+    """Remove the proxy's geometry and point every frame at its real source frame (with
+    ``header``: keep the image-plane groups of ``header``, see module doc)."""
     for keyword in _TEMPORARY_ROOT:
         if keyword in seg:
             delattr(seg, keyword)
     for keyword in _TEMPORARY_GROUPS:
         if keyword in seg.SharedFunctionalGroupsSequence[0]:
             delattr(seg.SharedFunctionalGroupsSequence[0], keyword)
+    if header is not None:
+        _image_plane_groups(seg.SharedFunctionalGroupsSequence[0], header)
     position_pointer = Tag("ImagePositionPatient")
     dimensions = list(seg.DimensionIndexSequence)
     position_slot = [i for i, d in enumerate(dimensions) if d.DimensionIndexPointer == position_pointer]
@@ -206,6 +235,7 @@ def build_segmentation(
     manufacturer_model_name: str = "taviseg aortic root segmentation",
     device_serial_number: str = "1",
     content_label: str = "AORTIC_ROOT",
+    image_plane_groups: bool = False,
 ) -> Dataset:
     """Build the aortic-root DICOM Segmentation of one source run.
 
@@ -214,7 +244,9 @@ def build_segmentation(
     name and version, the output series number and description, and optionally
     ``fractional`` probabilities (N, rows, columns) in [0, 1]: then the SEG is FRACTIONAL
     (PROBABILITY, 8 bits) and ``masks`` only fix the shape. ``keep_empty_frames`` (default)
-    keeps frames without any root so viewers stay aligned.
+    keeps frames without any root so viewers stay aligned. ``image_plane_groups`` keeps
+    identity Plane Orientation and Pixel Measures items for multi-frame sources, which OHIF
+    v3 needs to show the SEG (see module doc).
     Returns a highdicom Segmentation (a pydicom Dataset, ready for ``save_as``/C-STORE).
     Raises DicomWriteError for inconsistent inputs or a highdicom failure.
     """
@@ -263,7 +295,7 @@ def build_segmentation(
             f"highdicom could not build the SEG for {header.SOPInstanceUID}: {exc}"
         ) from exc
     if use_proxy:
-        _strip_geometry(seg, numbers, multi_frame_source)
+        _strip_geometry(seg, numbers, multi_frame_source, source_header if image_plane_groups else None)
     # No Frame of Reference: General Image's PatientOrientation (type 2C) is required; the
     # SEG's pixels are aligned with the source's, so the source's value applies.
     seg.PatientOrientation = header.get("PatientOrientation", "")

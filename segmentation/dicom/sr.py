@@ -10,7 +10,9 @@ measurement group (TID 1410) per measured source frame. Each group
   ``99TAVISEG``, codes in :data:`CALIBRATION_CODES`);
 * holds the model's confidence for the frame as "Certainty of Finding" (DCM 111012) in %.
 
-The algorithm is the device observer and the measurements' algorithm identification.
+The algorithm is the device observer and the measurements' algorithm identification; the model
+variant that produced the masks (``onnx-int8``, ``onnx``, ``eager``...: the engine's backend name)
+is one of its Algorithm Parameters (DCM 111002), ``model variant: NAME``.
 Procedure reported: Aortography (SCT 54640009).
 """
 
@@ -120,13 +122,15 @@ def build_measurement_report(
     sop_instance_uid: str | None = None,
     instance_number: int = 1,
     manufacturer: str = DEFAULT_MANUFACTURER,
+    model_variant: str | None = None,
 ) -> Dataset:
     """Build the TID 1500 report of per-frame root areas for one run.
 
     Takes the source header, the SEG built for it (every measured frame must have a SEG
     frame: keep empty frames), one :class:`FrameMeasurement` per reported frame, the run's
     :class:`Calibration`, the algorithm's name and version and the output series number and
-    description. Returns a highdicom Comprehensive3DSR (a pydicom Dataset).
+    description; ``model_variant`` (the engine's backend name, e.g. ``onnx-int8``), when given,
+    is recorded as an algorithm parameter. Returns a highdicom Comprehensive3DSR (a pydicom Dataset).
     Raises DicomWriteError for a frame without SEG frame, a confidence outside [0, 1], or
     a highdicom failure.
     """
@@ -139,7 +143,10 @@ def build_measurement_report(
     # The SEG references frames exactly when the source is a multi-frame image; so does the SR.
     multi_frame = referenced_frames(segmentation)[0] is not None
     seg_frames = _seg_frame_lookup(segmentation)
-    algorithm = hd.sr.AlgorithmIdentification(name=algorithm_name, version=algorithm_version)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=algorithm_name, version=algorithm_version,
+        parameters=[f"model variant: {model_variant}"] if model_variant else None,
+    )
     method = calibration_method(calibration.source)
     finding = _concept(AORTIC_ROOT)
     groups = []

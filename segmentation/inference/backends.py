@@ -1,5 +1,8 @@
 """Execution backends: PyTorch eager (fp32 or bf16/fp16 autocast) and ONNX Runtime.
 
+:class:`OnnxBackend` runs any ONNX file: the fp32 export below, or a model folder's int8
+variant (``name="onnx-int8"``, see :mod:`segmentation.inference.quantize`).
+
 A backend maps a preprocessed batch ``(N, C, P, P)`` float32 to logits ``(N, P, P)`` float32.
 ONNX models are exported once per (weights hash, input size, exporter) and cached on disk:
 ``torch.onnx.export(dynamo=False, opset 17)`` for every architecture but PSPNet, whose adaptive
@@ -13,7 +16,6 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -24,8 +26,12 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from tavicore.device import resolve_device as core_resolve_device
+from tavicore.errors import DeviceError
+
 from segmentation.errors import InferenceError
 from segmentation.models.folder import ModelFolder
+from tavicore.fileio import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +54,11 @@ class Backend(Protocol):
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available else CPU; otherwise the named device.
-
-    Raises:
-        InferenceError: an unknown device string, or CUDA requested but not available.
-    """
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """:func:`tavicore.device.resolve_device`, its error as an :class:`InferenceError`."""
     try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InferenceError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device {device!r} requested but CUDA is not available")
-    if dev.type not in ("cpu", "cuda"):
-        raise InferenceError(f"unsupported device {device!r}; valid: auto, cpu, cuda, cuda:N")
-    return dev
+        return core_resolve_device(device)
+    except DeviceError as exc:
+        raise InferenceError(str(exc)) from exc
 
 
 def gpu_autocast_dtype() -> torch.dtype:
@@ -123,10 +118,12 @@ class TorchBackend:
 class OnnxBackend:
     """ONNX Runtime execution of an exported model file."""
 
-    def __init__(self, path: Path, *, threads: int = 0, device: torch.device | None = None) -> None:
+    def __init__(
+        self, path: Path, *, threads: int = 0, device: torch.device | None = None, name: str = "onnx"
+    ) -> None:
         import onnxruntime as ort
 
-        self.name = "onnx"
+        self.name = name
         self.path = Path(path)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -257,10 +254,7 @@ def cached_onnx_path(folder: ModelFolder, fold: int, cache_dir: Path) -> Path:
     model = folder.build(fold)
     data, exporter = export_onnx(model, spec.architecture, padded_size=spec.padded_size, in_channels=spec.in_channels)
     path = cache_dir / f"{stem}-{onnx_cache_key(folder, fold, exporter)}.onnx"
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".export.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, data)
     logger.info("cached ONNX export %s (%.1f MB)", path, len(data) / 1e6)
     return path
 

@@ -1,13 +1,23 @@
-"""Typed inference configuration (``conf/inference.yaml``), loaded by :mod:`tavicore.config`."""
+"""The one inference-settings schema, :class:`InferenceConfig`, loaded by :mod:`tavicore.config`.
+
+Every command that runs a model folder reads it, so a switch means the same everywhere:
+``taviseg predict`` loads ``conf/inference.yaml`` (the whole file is an InferenceConfig); the
+node reads the ``processing.inference`` section of ``conf/node.yaml``
+(:class:`dicom_node.config.ProcessingConfig`), ``taviseg evaluate`` the ``inference`` section of
+``conf/evaluate.yaml`` (:class:`training.evaluate.EvaluateConfig`). The engine is built from it
+with :meth:`segmentation.inference.engine.InferenceEngine.from_config`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from tavicore.config import CONF_DIR, load_config, setting
+from tavicore.config import CONF_DIR, ConfigError, load_config, setting
 
 #: The default configuration file.
 DEFAULT_INFERENCE_CONFIG = CONF_DIR / "inference.yaml"
@@ -56,6 +66,39 @@ class InferenceConfig:
     )
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+
+
+#: The keys of an ``inference`` section.
+INFERENCE_KEYS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(InferenceConfig))
+
+
+def check_inference_section(data: Mapping[str, Any] | None, where: str, own_keys: Iterable[str] = ()) -> None:
+    """Refuse inference settings written beside their ``inference:`` section instead of in it.
+
+    Configurations written before the settings had one schema put ``device``, ``backend``,
+    ``batch_size``... directly in the node's ``processing`` section or at the top of
+    ``evaluate.yaml``; the message says where they go now.
+
+    Args:
+        data: The raw mapping holding the ``inference`` section (not checked if not a mapping).
+        where: Its dotted name in error messages (``"processing"``; ``""`` for the top level).
+        own_keys: Keys of ``data`` that are not inference settings though named like one
+            (``confidence`` in evaluate.yaml is the bootstrap level).
+
+    Raises:
+        ConfigError: naming each misplaced key and its new place.
+    """
+    if not isinstance(data, Mapping):
+        return
+    own = set(own_keys)
+    stray = [str(k) for k in data if k in INFERENCE_KEYS and k not in own]
+    if stray:
+        prefix = f"{where}." if where else ""
+        moved = ", ".join(f"{prefix}{k} -> {prefix}inference.{k}" for k in stray)
+        raise ConfigError(
+            f"{prefix}{stray[0]}: inference settings belong in the {prefix}inference section "
+            f"(segmentation.inference.config.InferenceConfig, as in conf/inference.yaml); move {moved}"
+        )
 
 
 def default_onnx_cache_dir() -> Path:

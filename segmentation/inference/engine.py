@@ -13,9 +13,14 @@ does not cap the frame rate, and on a CPU it fills the gaps the backend leaves. 
 
 Backends (``backend=``): ``"eager"`` PyTorch fp32; ``"bf16"`` PyTorch bf16 autocast;
 ``"onnx"`` ONNX Runtime fp32 (export cached, see :mod:`segmentation.inference.backends`);
-``"auto"``: on a GPU eager with bf16 (or fp16) autocast, on a CPU ONNX Runtime, falling back to
-eager fp32 with a logged warning when the export fails. Tested agreement with eager fp32:
-ONNX probabilities within 1e-3 (max abs), bf16 masks Dice > 0.99.
+``"onnx-int8"`` ONNX Runtime on the model folder's int8 variant (written by
+:mod:`segmentation.inference.quantize`, checked against eager fp32 when it was made), CPU only;
+``"auto"``: on a GPU eager with bf16 (or fp16) autocast; on a CPU the int8 variant when the
+folder has a valid one for every selected fold, else ONNX Runtime fp32, falling back to eager
+fp32 with a logged warning when the export fails. The int8 variant is never used on a GPU.
+:attr:`InferenceEngine.backend_name` names what ran (``"onnx-int8"`` for the variant); predict's
+summary and the SR record it. Tested agreement with eager fp32: ONNX probabilities within 1e-3
+(max abs), bf16 masks Dice > 0.99; int8: the accuracy check of the variant.
 """
 
 from __future__ import annotations
@@ -59,7 +64,9 @@ from segmentation.models.folder import ModelFolder, load_model_folder
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "onnx", "bf16")
+BACKENDS = ("auto", "eager", "onnx", "onnx-int8", "bf16")
+#: The variant of a model folder run by backend ``onnx-int8`` (see segmentation.inference.quantize).
+INT8_VARIANT = "onnx-int8"
 
 
 @dataclass
@@ -151,7 +158,7 @@ class InferenceEngine:
         Args:
             folder: Model folder path (or a loaded :class:`ModelFolder`).
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-            backend: ``auto``, ``eager``, ``onnx`` or ``bf16`` (see the module docstring).
+            backend: ``auto``, ``eager``, ``onnx``, ``onnx-int8`` or ``bf16`` (see the module docstring).
             batch_size: Frames per forward pass.
             folds: Folds to ensemble (mean probability); None = all folds of the folder.
             tta: Add the horizontally flipped frames and average.
@@ -164,8 +171,9 @@ class InferenceEngine:
                 (0 = everything in the calling thread).
 
         Raises:
-            ModelError: bad folder or unknown fold. InferenceError: unknown backend/device, or
-                an explicitly requested ONNX backend whose export failed.
+            ModelError: bad folder or unknown fold. InferenceError: unknown backend/device, an
+                explicitly requested ONNX backend whose export failed, or ``onnx-int8`` on a GPU
+                or for a folder without a valid int8 variant.
         """
         mf = folder if isinstance(folder, ModelFolder) else load_model_folder(folder)
         if backend not in BACKENDS:
@@ -211,6 +219,20 @@ class InferenceEngine:
         threads: int,
         cache_dir: Path,
     ) -> tuple[dict[int, Backend], str]:
+        if backend == INT8_VARIANT:
+            if dev.type != "cpu":
+                raise InferenceError(
+                    f"backend {INT8_VARIANT!r} runs on the CPU only, the device is {dev}; "
+                    "use backend 'auto' (or device 'cpu')"
+                )
+            missing = [f for f in folds if mf.variant_file(INT8_VARIANT, f) is None]
+            if missing:
+                raise InferenceError(
+                    f"{mf.path}: backend {INT8_VARIANT!r} requested but folds {missing} have no valid int8 "
+                    f"variant; make it with `taviseg model quantize {mf.path} --calibration DATA`"
+                )
+            return {f: OnnxBackend(mf.variant_file(INT8_VARIANT, f), threads=threads, device=dev,
+                                   name=INT8_VARIANT) for f in folds}, INT8_VARIANT
         if backend == "auto":
             if dev.type == "cuda":
                 dtype = gpu_autocast_dtype()
@@ -220,6 +242,13 @@ class InferenceEngine:
                                     channels_last=channels_last, name=name)
                     for f in folds
                 }, name
+            int8 = {f: mf.variant_file(INT8_VARIANT, f) for f in folds}
+            if dev.type == "cpu" and all(p is not None for p in int8.values()):
+                try:
+                    return {f: OnnxBackend(p, threads=threads, device=dev, name=INT8_VARIANT)
+                            for f, p in int8.items()}, INT8_VARIANT
+                except InferenceError as exc:
+                    logger.warning("int8 variant unusable (%s); running ONNX Runtime fp32", exc)
             try:
                 return {f: OnnxBackend(cached_onnx_path(mf, f, cache_dir), threads=threads, device=dev)
                         for f in folds}, "onnx"

@@ -4,11 +4,22 @@ Layout::
 
     <folder>/config.json            {"format": "taviseg-model", "format_version": 1, ...ModelSpec}
     <folder>/fold_<k>.safetensors   the weights of fold k (one file per cross-validation fold)
+    <folder>/variants.json          optional: derived executables of the weights (see below)
+    <folder>/fold_<k>.<variant>.onnx  a variant's file for fold k (e.g. ``fold_0.onnx-int8.onnx``)
 
 ``config.json`` names the architecture, encoder, input size, input channels, normalisation,
 threshold, the segment description (aortic root, SNOMED CT coded) and the training provenance
 (data set, folds, metrics...). A folder written by another format version is refused with an
 error naming both versions.
+
+Variants (optional, added later to a folder without touching ``config.json``): a sidecar
+``variants.json`` ``{"format": "taviseg-model-variants", "format_version": 1, "variants":
+{NAME: {"files": {fold: file}, "sha256": {fold: hex}, "source_weights_sha256": {fold: hex},
+"padded_size": P, "provenance": {...}}}}`` lists executables derived from the weights, such as
+the int8 ONNX model written by :mod:`segmentation.inference.quantize` (name ``onnx-int8``, its
+calibration provenance and accuracy check in ``provenance``). A variant is valid for a fold only
+while that fold's weights still hash to ``source_weights_sha256`` (:meth:`ModelFolder.variant_file`).
+Folders without ``variants.json`` load as before; readers that predate it ignore the file.
 """
 
 from __future__ import annotations
@@ -17,8 +28,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +42,7 @@ from segmentation.models.zoo import (
     padded_input_size,
 )
 from tavicore.config import ConfigError, from_dict, setting, to_dict
+from tavicore.fileio import write_atomic, write_bytes_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +50,10 @@ FORMAT_NAME = "taviseg-model"
 #: Version of the folder format written by this code (and the only one it reads).
 FORMAT_VERSION = 1
 CONFIG_FILENAME = "config.json"
+VARIANTS_FILENAME = "variants.json"
+VARIANTS_FORMAT_NAME = "taviseg-model-variants"
+#: Version of the ``variants.json`` format written (and read) by this code.
+VARIANTS_FORMAT_VERSION = 1
 #: The supported normalisations (see segmentation.inference.preprocess).
 NORMALIZATIONS = ("unit", "imagenet")
 
@@ -114,13 +128,101 @@ class ModelSpec:
         return {"format": FORMAT_NAME, **to_dict(self)}
 
 
+def variant_filename(fold: int, variant: str) -> str:
+    """File name of ``variant``'s file for ``fold`` (``fold_<k>.<variant>.onnx``)."""
+    return f"fold_{int(fold)}.{variant}.onnx"
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """One derived executable of a folder's weights (an entry of ``variants.json``).
+
+    ``files``/``sha256``/``source_weights_sha256``: per fold, the file name in the folder, its
+    SHA-256 and the SHA-256 of the fold's weights it was made from; ``padded_size``: the
+    network input size it was made for; ``provenance``: how it was made (free-form JSON).
+    """
+
+    name: str
+    files: dict[int, str]
+    sha256: dict[int, str]
+    source_weights_sha256: dict[int, str]
+    padded_size: int
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The entry as written to ``variants.json`` (fold keys as strings)."""
+        return {
+            "files": {str(k): v for k, v in sorted(self.files.items())},
+            "sha256": {str(k): v for k, v in sorted(self.sha256.items())},
+            "source_weights_sha256": {str(k): v for k, v in sorted(self.source_weights_sha256.items())},
+            "padded_size": int(self.padded_size),
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_json_dict(cls, name: str, data: Any, *, source: str) -> "ModelVariant":
+        """Parse one ``variants.json`` entry.
+
+        Raises:
+            ModelError: a missing or malformed key (names the file, the variant and the key).
+        """
+        if not isinstance(data, dict):
+            raise ModelError(f"{source}: variant {name!r} is not a JSON object")
+        try:
+            folds = {
+                key: {int(k): str(v) for k, v in data[key].items()}
+                for key in ("files", "sha256", "source_weights_sha256")
+            }
+            padded = int(data["padded_size"])
+        except KeyError as exc:
+            raise ModelError(f"{source}: variant {name!r} has no {exc.args[0]!r}") from None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ModelError(f"{source}: variant {name!r} is malformed: {exc}") from None
+        provenance = data.get("provenance", {})
+        if not isinstance(provenance, dict):
+            raise ModelError(f"{source}: variant {name!r}: provenance is not a JSON object")
+        return cls(name=name, padded_size=padded, provenance=provenance, **folds)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass
 class ModelFolder:
-    """A loaded model folder: its spec and where the weights of each fold are."""
+    """A loaded model folder: its spec, where the weights of each fold are, and its variants."""
 
     path: Path
     spec: ModelSpec
     _hashes: dict[int, str] = field(default_factory=dict, repr=False)
+    variants: dict[str, ModelVariant] = field(default_factory=dict)
+
+    def variant_file(self, name: str, fold: int) -> Path | None:
+        """The file of variant ``name`` for ``fold`` when it is present and still valid, else None.
+
+        Valid: listed in ``variants.json``, made for the spec's network size and from the fold's
+        current weights (same SHA-256), and the file exists. An invalid entry is logged.
+        """
+        variant = self.variants.get(name)
+        if variant is None or fold not in variant.files:
+            return None
+        path = self.path / variant.files[fold]
+        if variant.padded_size != self.spec.padded_size:
+            logger.warning("%s: variant %s was made for %d px, the model runs at %d px; ignored",
+                           self.path, name, variant.padded_size, self.spec.padded_size)
+            return None
+        if variant.source_weights_sha256.get(fold) != self.weights_hash(fold):
+            logger.warning("%s: variant %s of fold %d was made from other weights (%s changed since); ignored",
+                           self.path, name, fold, fold_filename(fold))
+            return None
+        if not path.is_file():
+            logger.warning("%s: variant %s of fold %d: file %s missing; ignored", self.path, name, fold, path.name)
+            return None
+        return path
 
     @property
     def folds(self) -> tuple[int, ...]:
@@ -140,11 +242,7 @@ class ModelFolder:
     def weights_hash(self, fold: int) -> str:
         """SHA-256 (hex) of the weights file of ``fold`` (cached)."""
         if fold not in self._hashes:
-            digest = hashlib.sha256()
-            with self.weights_path(fold).open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-            self._hashes[fold] = digest.hexdigest()
+            self._hashes[fold] = _sha256_file(self.weights_path(fold))
         return self._hashes[fold]
 
     def state_dict(self, fold: int) -> dict[str, torch.Tensor]:
@@ -226,10 +324,9 @@ def save_model_folder(
             )
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         target = folder / fold_filename(fold)
-        tmp = target.with_suffix(".safetensors.tmp")
-        save_file(tensors, str(tmp), metadata={**meta, "fold": str(fold)})
-        os.replace(tmp, target)
-    _write_json_atomic(folder / CONFIG_FILENAME, spec.to_json_dict())
+        fold_meta = {**meta, "fold": str(fold)}
+        write_atomic(target, lambda tmp, t=tensors, m=fold_meta: save_file(t, str(tmp), metadata=m))
+    write_json_atomic(folder / CONFIG_FILENAME, spec.to_json_dict())
     logger.info("wrote model folder %s (%s/%s, folds %s)", folder, spec.architecture, spec.encoder, list(spec.folds))
     return folder
 
@@ -264,16 +361,87 @@ def load_model_folder(folder: str | Path) -> ModelFolder:
         spec = from_dict(ModelSpec, body, source=str(config))
     except ConfigError as exc:
         raise ModelError(str(exc)) from exc
-    model_folder = ModelFolder(path=folder, spec=spec)
+    model_folder = ModelFolder(path=folder, spec=spec, variants=read_variants(folder))
     for fold in spec.folds:
         if not model_folder.weights_path(fold).is_file():
             raise ModelError(f"{folder}: weights of fold {fold} missing ({fold_filename(fold)})")
     return model_folder
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+def read_variants(folder: str | Path) -> dict[str, ModelVariant]:
+    """The variants listed in ``folder/variants.json`` ({} when the file is absent).
+
+    Raises:
+        ModelError: unreadable JSON, another format or version, or a malformed entry (names it).
+    """
+    path = Path(folder) / VARIANTS_FILENAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: unreadable JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != VARIANTS_FORMAT_NAME:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ModelError(f"{path}: format is {got!r}, expected {VARIANTS_FORMAT_NAME!r}")
+    if data.get("format_version") != VARIANTS_FORMAT_VERSION:
+        raise ModelError(
+            f"{path}: variants format version {data.get('format_version')!r} is not supported; "
+            f"this taviseg reads version {VARIANTS_FORMAT_VERSION}"
+        )
+    entries = data.get("variants", {})
+    if not isinstance(entries, dict):
+        raise ModelError(f"{path}: 'variants' is not a JSON object")
+    return {str(name): ModelVariant.from_json_dict(str(name), entry, source=str(path)) for name, entry in entries.items()}
+
+
+def save_variant(
+    folder: ModelFolder,
+    name: str,
+    fold_files: dict[int, bytes],
+    *,
+    provenance: dict[str, Any],
+) -> ModelVariant:
+    """Write variant ``name`` into a loaded model folder and list it in ``variants.json``.
+
+    Each fold's file is written atomically first, then ``variants.json`` is rewritten
+    atomically with the new entry (replacing an entry of the same name; other variants kept),
+    so a reader sees either the old or the new variant. ``folder.variants`` is updated.
+
+    Args:
+        folder: The loaded model folder.
+        name: Variant name (``[a-z0-9-]``, e.g. ``onnx-int8``).
+        fold_files: Fold -> the serialized file (every fold must be one of the folder's).
+        provenance: How the files were made (JSON-serialisable).
+
+    Returns:
+        The written :class:`ModelVariant`.
+
+    Raises:
+        ModelError: bad name, no files, or a fold the folder does not have.
+    """
+    if not name or not all(c.isdigit() or ("a" <= c <= "z") or c == "-" for c in name):
+        raise ModelError(f"variant name {name!r}: use lower-case letters, digits and '-'")
+    if not fold_files:
+        raise ModelError(f"{folder.path}: variant {name!r}: no files given")
+    for fold in fold_files:
+        folder.weights_path(fold)  # raises naming the folds present
+    files, hashes, sources = {}, {}, {}
+    for fold, data in sorted(fold_files.items()):
+        filename = variant_filename(fold, name)
+        write_bytes_atomic(folder.path / filename, data)
+        files[fold] = filename
+        hashes[fold] = hashlib.sha256(data).hexdigest()
+        sources[fold] = folder.weights_hash(fold)
+    variant = ModelVariant(name=name, files=files, sha256=hashes, source_weights_sha256=sources,
+                           padded_size=folder.spec.padded_size, provenance=provenance)
+    current = read_variants(folder.path)
+    current[name] = variant
+    write_json_atomic(folder.path / VARIANTS_FILENAME, {
+        "format": VARIANTS_FORMAT_NAME,
+        "format_version": VARIANTS_FORMAT_VERSION,
+        "variants": {k: v.to_json_dict() for k, v in sorted(current.items())},
+    })
+    folder.variants = current
+    logger.info("wrote variant %s of %s (folds %s)", name, folder.path, sorted(files))
+    return variant

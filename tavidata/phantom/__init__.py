@@ -6,7 +6,12 @@ per-run random settings (:mod:`.case`), image formation (:mod:`.imaging`), runs 
 (:mod:`.dicom_export`). Presets live in ``conf/phantom.yaml``.
 """
 
-from tavidata.phantom.cohort import PhantomRun, generate_cohort, generate_run, patient_seed
+from tavidata.phantom.cohort import (
+    PhantomRun,
+    generate_cohort,
+    generate_run,
+    patient_seed,
+)
 from tavidata.phantom.config import PhantomConfig, load_phantom_preset
 from tavidata.phantom.contact_sheet import make_contact_sheet
 

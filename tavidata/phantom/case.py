@@ -168,7 +168,7 @@ def sample_run(rng: np.random.Generator, config: PhantomConfig, patient: Patient
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid stages: {', '.join(STAGES)}")
     difficulty = _pick(rng, config.difficulty.weights())
-    hard, easy = difficulty == "hard", difficulty == "easy"
+    hard = difficulty == "hard"
     size = config.size
     zoom = float(rng.uniform(0.88, 1.15))
     ppm = zoom / config.pixel_spacing_mm

@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,32 +23,15 @@ from tavidata.format import DatasetWriter
 from tavidata.phantom.case import sample_patient, sample_run, stages_for_patient
 from tavidata.phantom.config import PhantomConfig
 from tavidata.phantom.contact_sheet import make_contact_sheet, make_tile
+from tavidata.phantom.dicom_export import study_uid_for, write_run_with_ground_truth
 from tavidata.phantom.imaging import build_scene
+from tavidata.phantom.run import PhantomRun
 from tavidata.phantom.stats import REAL_TAVI_RANGES, describe, frame_stats, summarize
 
 logger = logging.getLogger(__name__)
 
 #: Tiles on the cohort's contact sheet (at most).
 CONTACT_SHEET_TILES = 16
-
-
-@dataclass
-class PhantomRun:
-    """One synthetic cine run.
-
-    Attributes:
-        frames: uint8 (N, H, W), MONOCHROME2 (contrast dark).
-        masks: bool (N, H, W), the contrast-filled aortic root of each frame.
-        spacing_mm: (row, column) pixel spacing in mm.
-        stage: Procedural stage (overview, positioning, deployment, control).
-        meta: JSON-able settings of the run (difficulty, valve, view angles, SID/SOD, timing...).
-    """
-
-    frames: np.ndarray
-    masks: np.ndarray
-    spacing_mm: tuple[float, float]
-    stage: str
-    meta: dict = field(default_factory=dict)
 
 
 def patient_seed(config: PhantomConfig, index: int) -> int:
@@ -78,6 +60,10 @@ def generate_run(config: PhantomConfig, patient_seed: int, run_index: int, *, n_
     Raises:
         ValueError: ``n_frames`` < 1, negative ``run_index`` or an unknown ``stage``.
     """
+    if config.generator == "ct":
+        from tavidata.phantom.ct.run import generate_ct_run
+
+        return generate_ct_run(config, patient_seed, run_index, n_frames=n_frames, stage=stage)
     if run_index < 0:
         raise ValueError(f"run_index must be >= 0, got {run_index}")
     rng = np.random.default_rng([patient_seed, 2, run_index])
@@ -172,8 +158,6 @@ def generate_cohort(out_dir: str | Path, config: PhantomConfig, *, progress: boo
     total = int(sum(sum(r) for r in plan))
     writer = DatasetWriter(out, name=f"phantom-{config.name}", overwrite=overwrite,
                            meta={"source": "taviseg phantom", "config": to_dict(config)})
-    if dicom:
-        from tavidata.phantom.dicom_export import study_uid_for, write_run_with_ground_truth
     tiles: list[tuple[np.ndarray, None, str]] = []
     tile_every = max(1, (config.patients * config.runs_per_patient) // CONTACT_SHEET_TILES)
     runs_meta = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from tavicore.config import CONF_DIR, ConfigError, load_config, read_yaml, setting
 from tavidata.format import PAPER_PIXEL_SPACING_MM
@@ -24,6 +25,8 @@ STAGES = ("overview", "positioning", "deployment", "control")
 VALVES = ("evolut", "acurate")
 #: Difficulty classes of a run.
 DIFFICULTIES = ("easy", "medium", "hard")
+#: Phantom generators: the parametric 2D phantom (v1) and the CT-based DRR phantom (v2).
+GENERATORS = ("v1", "ct")
 #: Width of the field of view in mm at the paper's calibration (1000 px x 0.390625 mm).
 FIELD_OF_VIEW_MM = 1000 * PAPER_PIXEL_SPACING_MM
 
@@ -107,6 +110,12 @@ class PhantomConfig:
     difficulty: DifficultyMix = field(default_factory=DifficultyMix)
     stages: StageMix = field(default_factory=StageMix)
     valves: ValveMix = field(default_factory=ValveMix)
+    generator: Literal["v1", "ct"] = setting("v1", doc="v1: parametric 2D phantom; ct: DRR of a real chest CT (v2)")
+    ct_dir: str | None = setting(None, doc="CT folder (ct generator); null: $TAVISEG_CT_DIR or ~/.cache/taviseg/ct")
+    ct_voxel_mm: float = setting(1.5, ge=0.5, le=4.0, doc="isotropic voxel the CT is resampled to (ct generator)")
+    projection_size: int = setting(256, ge=32, le=2048, doc="grid the CT is projected on, upsampled to size (ct)")
+    domain_randomisation: float = setting(0.0, ge=0.0, le=1.0,
+                                          doc="fraction of runs drawn past the realistic ranges (ct generator)")
 
     def __post_init__(self) -> None:
         lo, hi = self.frames_per_run

@@ -26,22 +26,23 @@ import datetime as dt
 import logging
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.tag import Tag
 from pydicom.uid import (
-    UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless,
-    XRayAngiographicImageStorage,
+    UID,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
 )
 
 from tavicore import __version__
 from tavidata.errors import DatasetError
-
-if TYPE_CHECKING:
-    from tavidata.phantom.cohort import PhantomRun
+from tavidata.phantom.run import PhantomRun
+from tavidata.xa import Calibration, Identity, build_xray
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _date_time(patient_seed: int, run_index: int) -> tuple[str, str]:
     return day.strftime("%Y%m%d"), t.strftime("%H%M%S")
 
 
-def build_xa_dataset(run: "PhantomRun", *, patient_id: str, study_uid: str | None = None,
+def build_xa_dataset(run: PhantomRun, *, patient_id: str, study_uid: str | None = None,
                      series_number: int = 1) -> Dataset:
     """The XA dataset of ``run`` (without file meta); see the module docstring for the content.
 
@@ -151,72 +152,41 @@ def build_xa_dataset(run: "PhantomRun", *, patient_id: str, study_uid: str | Non
     frame_time = float(meta.get("frame_time_ms", 1000.0 / 15.0))
     date, time = _date_time(pseed, rindex)
 
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
-    ds.InstanceCreationDate = date
-    ds.InstanceCreationTime = time
-    ds.SOPClassUID = XRayAngiographicImageStorage
-    ds.SOPInstanceUID = phantom_uid("image", pseed, rindex, patient_id)
-    ds.StudyDate = date
-    ds.SeriesDate = date
-    ds.ContentDate = date
-    ds.StudyTime = time
-    ds.SeriesTime = time
-    ds.ContentTime = time
-    ds.AccessionNumber = ""
-    ds.Modality = "XA"
-    ds.BodyPartExamined = "HEART"
-    ds.Manufacturer = "taviseg"
-    ds.InstitutionName = "Synthetic phantom"
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "TAVI aortography (synthetic phantom)"
-    ds.SeriesDescription = f"{run.stage} aortography"
-    ds.ManufacturerModelName = "TAVI phantom"
-    ds.PatientName = f"PHANTOM^{patient_id}"
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.ContrastBolusAgent = "IODIXANOL 320"
-    ds.ContrastBolusRoute = "INTRA-ARTERIAL"
-    ds.KVP = round(float(meta.get("kvp", 80.0)), 1)
-    ds.SoftwareVersions = __version__
-    ds.DistanceSourceToDetector = round(sid, 2)
-    ds.DistanceSourceToPatient = round(sod, 2)
-    ds.EstimatedRadiographicMagnificationFactor = round(magnification, 6)
-    ds.FrameTime = round(frame_time, 3)
-    ds.CineRate = max(1, int(round(1000.0 / frame_time)))
-    ds.RecommendedDisplayFrameRate = ds.CineRate
-    ds.ExposureTime = int(round(frame_time * 0.08)) or 1
-    ds.XRayTubeCurrent = 600
-    ds.RadiationSetting = "GR"
-    ds.RadiationMode = "PULSED"
-    ds.ImagerPixelSpacing = [round(spacing[0] * magnification, 6), round(spacing[1] * magnification, 6)]
-    ds.PositionerMotion = "STATIC"
-    ds.PositionerPrimaryAngle = round(float(meta.get("lao_deg", 0.0)), 1)
-    ds.PositionerSecondaryAngle = round(float(meta.get("cranial_deg", 0.0)), 1)
-    ds.IntensifierSize = round(max(rows, cols) * spacing[0] * magnification, 1)
-    ds.FieldOfViewShape = "RECTANGLE"
-    ds.StudyInstanceUID = UID(study_uid) if study_uid else phantom_uid("study", pseed)
-    ds.SeriesInstanceUID = phantom_uid("series", pseed, rindex, patient_id)
-    ds.StudyID = "1"
-    ds.SeriesNumber = int(series_number)
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = ["L", "F"]
-    ds.NumberOfFrames = n
-    ds.FrameIncrementPointer = Tag(0x0018, 0x1063)
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.PixelSpacing = [round(spacing[0], 6), round(spacing[1], 6)]
-    ds.PixelSpacingCalibrationType = "GEOMETRY"
-    ds.PixelSpacingCalibrationDescription = "ImagerPixelSpacing x SOD / SID (isocentre plane)"
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelIntensityRelationship = "DISP"
+    identity = Identity(
+        patient_id=patient_id, patient_name=f"PHANTOM^{patient_id}", birth_date="", sex="O",
+        study_uid=str(study_uid) if study_uid else str(phantom_uid("study", pseed)),
+        series_uid=str(phantom_uid("series", pseed, rindex, patient_id)),
+        sop_uid=str(phantom_uid("image", pseed, rindex, patient_id)),
+        study_date=date, study_time=time, series_number=int(series_number))
+    calibration = Calibration(imager_spacing_mm=(spacing[0] * magnification, spacing[1] * magnification),
+                              sid_mm=sid, sod_mm=sod, magnification=magnification, isocentre_spacing=True)
+    ds = build_xray(
+        frames, identity=identity, calibration=calibration, frame_time_ms=frame_time,
+        positioner_deg=(float(meta.get("lao_deg", 0.0)), float(meta.get("cranial_deg", 0.0))),
+        kvp=float(meta.get("kvp", 80.0)),
+        attributes={
+            "InstanceCreationDate": date,
+            "InstanceCreationTime": time,
+            "InstitutionName": "Synthetic phantom",
+            "StudyDescription": "TAVI aortography (synthetic phantom)",
+            "SeriesDescription": f"{run.stage} aortography",
+            "ManufacturerModelName": "TAVI phantom",
+            "ContrastBolusAgent": "IODIXANOL 320",
+            "ContrastBolusRoute": "INTRA-ARTERIAL",
+            "SoftwareVersions": __version__,
+            "CineRate": max(1, int(round(1000.0 / frame_time))),
+            "RecommendedDisplayFrameRate": max(1, int(round(1000.0 / frame_time))),
+            "ExposureTime": int(round(frame_time * 0.08)) or 1,
+            "XRayTubeCurrent": 600,
+            "RadiationMode": "PULSED",
+            "IntensifierSize": round(max(rows, cols) * spacing[0] * magnification, 1),
+            "FieldOfViewShape": "RECTANGLE",
+            "PatientOrientation": ["L", "F"],
+            # the generator's own isocentre spacing, exactly (not re-derived through rounding)
+            "PixelSpacing": [round(spacing[0], 6), round(spacing[1], 6)],
+            "PixelIntensityRelationship": "DISP",
+        })
+    del ds.file_meta
     quality = int(meta.get("jpeg_quality") or 0)
     if quality:  # the frames went through a lossy JPEG round trip in the generator
         ok, buf = cv2.imencode(".jpg", frames[0], [cv2.IMWRITE_JPEG_QUALITY, quality])
@@ -227,7 +197,6 @@ def build_xa_dataset(run: "PhantomRun", *, patient_id: str, study_uid: str | Non
     else:
         ds.LossyImageCompression = "00"
     _collimator(ds, meta.get("shutters"), rows, cols)
-    ds.PixelData = frames.tobytes()
     return ds
 
 
@@ -242,7 +211,7 @@ def _collimator(ds: Dataset, shutters: object, rows: int, cols: int) -> None:
     ds.CollimatorLowerHorizontalEdge = int(round((1.0 - bottom) * rows)) - 1
 
 
-def write_xa_run(path: str | Path, run: "PhantomRun", *, patient_id: str, study_uid: str | None = None,
+def write_xa_run(path: str | Path, run: PhantomRun, *, patient_id: str, study_uid: str | None = None,
                  series_number: int = 1, transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
     """Write ``run`` as one multi-frame X-Ray Angiographic Image file.
 
@@ -286,7 +255,7 @@ def write_xa_run(path: str | Path, run: "PhantomRun", *, patient_id: str, study_
     return path
 
 
-def write_run_with_ground_truth(path: str | Path, run: "PhantomRun", *, patient_id: str,
+def write_run_with_ground_truth(path: str | Path, run: PhantomRun, *, patient_id: str,
                                 study_uid: str | None = None, series_number: int = 1,
                                 transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
     """:func:`write_xa_run` plus the ground truth beside it; returns the DICOM path."""

@@ -25,7 +25,13 @@ from scipy.special import ndtri
 
 from tavidata.phantom import raster
 from tavidata.phantom.anatomy import (
-    RootGeometry, Ventricle, calcium_field, coronary_paths, heart_shadow, place_root, sample_ventricle,
+    RootGeometry,
+    Ventricle,
+    calcium_field,
+    coronary_paths,
+    heart_shadow,
+    place_root,
+    sample_ventricle,
     ventricle_field,
 )
 from tavidata.phantom.background import render_background

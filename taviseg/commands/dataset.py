@@ -96,7 +96,7 @@ _FLAG_KEYS = ("name", "skip_unmatched", "spacing_mm", "pattern", "images_dir", "
 
 def _import(args: argparse.Namespace) -> int:
     from tavicore.config import apply_overrides, from_dict, load_config, parse_override
-    from training.dataset import importers
+    from training import importers
 
     config_cls, run = {
         "release": (importers.ReleaseImportConfig, importers.import_release),

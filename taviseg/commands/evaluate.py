@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_override(o) for o in args.overrides)
     for key, value in (("bootstrap_resamples", args.bootstrap), ("seed", args.seed),
-                       ("device", args.device), ("backend", args.backend)):
+                       ("inference.device", args.device), ("inference.backend", args.backend)):
         if value is not None:
             overrides[key] = value
     cfg = load_evaluate_config(args.config, overrides=overrides)

@@ -36,23 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def resolve_config(path: Path) -> Path:
-    """``path`` if it exists, else ``conf/train/<path>.yaml`` when that exists, else ``path``."""
-    from tavicore.config import CONF_DIR
-
-    if path.exists():
-        return path
-    named = CONF_DIR / "train" / f"{path.name.removesuffix('.yaml')}.yaml"
-    return named if named.is_file() and path.parent == Path(".") else path
-
-
 def run(args: argparse.Namespace) -> int:
     """Train and print where the model folder is."""
     from training.config import load_train_config
     from training.train import train
 
     overrides = dict(parse_override(text) for text in args.overrides)
-    cfg = load_train_config(resolve_config(args.config), overrides=overrides)
+    cfg = load_train_config(args.config, overrides=overrides)
     progress = not args.no_progress and sys.stderr.isatty()
     model_dir = train(cfg, args.data, args.out, folds=args.folds, progress=progress)
     print(model_dir)

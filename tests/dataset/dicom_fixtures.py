@@ -9,8 +9,9 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import pack_bits
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from tavidata.xa import Calibration, Identity, build_xray
 
 XA_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.12.1"
 SC_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
@@ -47,24 +48,14 @@ def make_xa(frames: np.ndarray, *, patient_id: str = "PAT-1", series_number: int
             imager_spacing: tuple[float, float] | None = (0.3, 0.3), magnification: float | None = 1.5,
             study_uid: str | None = None) -> Dataset:
     """A multi-frame X-Ray Angiographic image from (N, H, W) uint8/uint16 frames."""
-    ds = _base(XA_SOP_CLASS, patient_id, study_uid)
-    ds.Modality = "XA"
-    ds.SeriesNumber = series_number
-    n, rows, cols = frames.shape
-    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, n
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 8 if bits_stored <= 8 else 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.FrameIncrementPointer = Tag("FrameTime")
-    ds.FrameTime = 66.7
-    if imager_spacing:
-        ds.ImagerPixelSpacing = list(imager_spacing)
-    if magnification:
+    identity = Identity(patient_id=patient_id, patient_name="Test^Patient", study_uid=study_uid,
+                        study_date="20240101", series_number=series_number, manufacturer="test")
+    calibration = (Calibration(tuple(imager_spacing), magnification=magnification) if imager_spacing
+                   else None)
+    ds = build_xray(frames.astype(np.uint8 if bits_stored <= 8 else np.uint16), identity=identity,
+                    calibration=calibration, photometric=photometric, bits_stored=bits_stored)
+    if not imager_spacing and magnification:
         ds.EstimatedRadiographicMagnificationFactor = magnification
-    ds.PixelData = frames.astype(np.uint8 if bits_stored <= 8 else np.uint16).tobytes()
     return ds
 
 

@@ -18,7 +18,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000,
     JPEGBaseline8Bit,
@@ -29,6 +28,7 @@ from pydicom.uid import (
 )
 
 from segmentation.dicom.sop_classes import ENHANCED_XA_IMAGE, XA_IMAGE, XRF_IMAGE
+from tavidata.xa import Identity, build_xray
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"  # fixed study for synthetic runs (pydicom root)
 
@@ -77,69 +77,16 @@ def xa_dataset(
     returns a dataset with file meta. Extra keyword arguments become attributes.
     """
     frames = np.asarray(frames)
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = UID(sop_class)
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = modality
-    ds.PatientName = "Synthetic^Patient"
-    ds.PatientID = "SYN-0001"
-    ds.PatientBirthDate = "19500101"
-    ds.PatientSex = "F"
-    ds.StudyDate, ds.StudyTime = "20260101", "120000"
-    ds.StudyID = "1"
-    ds.AccessionNumber = "A1"
-    ds.ReferringPhysicianName = "Referrer^Doctor"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = ""
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
-    ds.Rows, ds.Columns = int(frames.shape[1]), int(frames.shape[2])
-    colour = frames.ndim == 4
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = "RGB" if colour else photometric
-    if colour:
-        ds.PlanarConfiguration = 0
-    allocated = 8 if frames.dtype == np.uint8 else 16
-    ds.BitsAllocated = allocated
-    ds.BitsStored = bits_stored or allocated
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    if with_number_of_frames:
-        ds.NumberOfFrames = int(frames.shape[0])
-        ds.FrameTime = 66.7
-        ds.FrameIncrementPointer = 0x00181063
-    ds.Manufacturer = "taviseg-test"
-    ds.BodyPartExamined = "HEART"
-    if ds.SOPClassUID in (XA_IMAGE, XRF_IMAGE):
-        _classic_xray(ds)
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = frames.tobytes()
-    ds["PixelData"].VR = "OB" if allocated == 8 else "OW"
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return ds
-
-
-def _classic_xray(ds: Dataset) -> None:
-    """Type 1/2 attributes of the X-Ray Image, Acquisition and Positioner modules."""
-    ds.PixelIntensityRelationship = "LIN"
-    ds.KVP = 80
-    ds.RadiationSetting = "GR"
-    ds.XRayTubeCurrent = 500
-    ds.ExposureTime = 10
-    ds.Exposure = 5
-    ds.PositionerMotion = "STATIC"
-    ds.PositionerPrimaryAngle = -30.0
-    ds.PositionerSecondaryAngle = 0.0
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
+    identity = Identity(patient_id="SYN-0001", patient_name="Synthetic^Patient", sex="F", study_uid=study_uid,
+                        accession="A1", referring_physician="Referrer^Doctor", manufacturer="taviseg-test")
+    ds = build_xray(frames, sop_class=sop_class, identity=identity, modality=modality, photometric=photometric,
+                    bits_stored=bits_stored, multi_frame=with_number_of_frames, positioner_deg=(-30.0, 0.0),
+                    attributes=attributes)
     if ds.SOPClassUID == XRF_IMAGE:
-        del ds.PositionerPrimaryAngle, ds.PositionerSecondaryAngle, ds.PositionerMotion
+        for keyword in ("PositionerPrimaryAngle", "PositionerSecondaryAngle", "PositionerMotion"):
+            if keyword not in attributes:
+                delattr(ds, keyword)
+    return ds
 
 
 def save(ds: Dataset, path: Path, *, transfer_syntax: str | None = None) -> Path:

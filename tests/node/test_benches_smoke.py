@@ -1,7 +1,9 @@
-"""Smoke tests of the node benchmarks (``bench/node_e2e.py``, ``bench/receive.py``) at tiny sizes.
+"""Smoke tests of the node benchmarks at tiny sizes: ``bench/node_e2e.py``, ``bench/receive.py``
+(real peers: Orthanc, dcmtk), ``bench/contexts_copy.py`` and ``bench/disk.py``.
 
-They run each script as a command, with real peers (Orthanc, dcmtk), and check the one summary
-line: its format and that the figures are positive. Speed targets are never asserted here.
+They run each script as a command and check its one summary line: its format, and that the
+figures mean what the line says (the ratio is the quotient of the two speeds, the node's
+contexts copy faster than plain ones, ...). Speed targets are never asserted here.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import pytest
 
 from tests.conftest import REPO, require_tool
 
-pytestmark = pytest.mark.slow
-
 NUMBER = r"(\d+(?:\.\d+)?)"
 E2E_LINE = re.compile(
     rf"^node e2e linknet/resnet18 64px (\w+) ([\w-]+) batch 2: 4 frames 128x128, SEG in Orthanc after {NUMBER} s, "
@@ -24,6 +24,14 @@ E2E_LINE = re.compile(
 RECEIVE_LINE = re.compile(
     rf"^receive 5 frames 256x256 \({NUMBER} MB\) x1: node {NUMBER} MB/s, storescp {NUMBER} MB/s, "
     rf"ratio {NUMBER}x$"
+)
+CONTEXTS_LINE = re.compile(
+    rf"^contexts (\d+) \(other_objects keep\): deepcopy plain {NUMBER} ms, node's shared-UID {NUMBER} ms, "
+    rf"{NUMBER}x$"
+)
+DISK_LINE = re.compile(
+    rf"^disk (.+): write 8 MiB \+ fdatasync {NUMBER} MB/s \({NUMBER}\); final fdatasync after 8 MiB written: "
+    rf"no write-back {NUMBER} s, fdatasync every 2 MiB {NUMBER} s, sync_file_range every 2 MiB {NUMBER} s$"
 )
 
 
@@ -37,6 +45,7 @@ def _run_bench(script: str, *args: str, timeout: float) -> tuple[str, str]:
     return lines[0], proc.stderr
 
 
+@pytest.mark.slow
 def test_node_e2e_bench_prints_one_summary_line():
     for tool in ("storescu", "Orthanc"):
         require_tool(tool)
@@ -51,17 +60,63 @@ def test_node_e2e_bench_prints_one_summary_line():
     assert int(overhead) > 0, line  # sending, SEG and delivery dwarf inference on 4 tiny frames
 
 
+@pytest.mark.slow
 def test_receive_bench_prints_one_summary_line():
     for tool in ("storescu", "storescp", "echoscu"):
         require_tool(tool)
     line, err = _run_bench("receive.py", "--frames", "5", "--size", "256", "--repeats", "1", "--decompose",
-                           timeout=300)
+                           "--cpu", timeout=300)
     match = RECEIVE_LINE.match(line)
     assert match, f"unexpected summary line: {line!r}"
     size_mb, node, storescp, ratio = (float(v) for v in match.groups())
-    assert size_mb > 0 and node > 0 and storescp > 0 and ratio > 0, line
+    assert 0.3 < size_mb < 0.4, line  # 5 frames of 256 x 256 8-bit pixels plus the header
+    assert node > 0 and storescp > 0, line
+    assert ratio == pytest.approx(node / storescp, rel=0.02, abs=0.01), line  # the ratio of the two medians
+    cpu = re.search(r"cpu per send \(medians, user \+ system\): (.*)", err)
+    assert cpu, err[-2000:]
+    per_receiver = {name: (float(user), float(system))
+                    for name, user, system in re.findall(rf"([\w/-]+) {NUMBER} s \+ {NUMBER} s", cpu.group(1))}
+    assert sorted(per_receiver) == ["node", "node/pynetdicom-reader", "storescp"], cpu.group(0)
+    assert all(0 <= v < 30 for pair in per_receiver.values() for v in pair), cpu.group(0)
     parts = re.search(r"decomposition \(medians\): (.*)", err)
     assert parts, err[-2000:]
     receivers = [p.split(" ")[0] for p in parts.group(1).split(", ")]
     assert receivers == ["storescp", "node", "node/pynetdicom-reader", "bare", "bare+fsync", "bare+writeback",
                          "bare/pynetdicom-reader"], parts.group(0)
+
+
+def test_contexts_copy_bench_shows_the_node_contexts_copy_faster():
+    line, _ = _run_bench("contexts_copy.py", "--repeats", "3", timeout=120)
+    match = CONTEXTS_LINE.match(line)
+    assert match, f"unexpected summary line: {line!r}"
+    count, plain, shared, ratio = match.groups()
+    assert int(count) > 100, line  # every storage SOP class pynetdicom knows, plus Verification
+    # sharing the UIDs skips copying ~1,000 UID objects: far cheaper, not within the noise
+    assert float(shared) * 2 < float(plain), line
+    assert float(ratio) == pytest.approx(float(plain) / float(shared), rel=0.05), line
+
+
+def test_disk_bench_prints_measured_speed_and_sync_times(tmp_path):
+    line, _ = _run_bench("disk.py", "--dir", str(tmp_path), "--size-mib", "8", "--writeback-mib", "8",
+                         "--step-mib", "2", "--repeats", "1", timeout=180)
+    match = DISK_LINE.match(line)
+    assert match, f"unexpected summary line: {line!r}"
+    folder, median, single, *waits = match.groups()
+    assert folder == str(tmp_path), line
+    assert float(median) == float(single) and 0 < float(median) < 100_000, line  # one run: its median is it
+    assert all(0 <= float(w) < 60 for w in waits), line
+    assert list(tmp_path.iterdir()) == []  # the files it wrote are gone
+
+
+@pytest.mark.slow
+def test_onnx_session_bench_times_the_session_inside_the_engine():
+    line, _ = _run_bench("onnx_session.py", "--arch", "linknet", "--encoder", "resnet18", "--size", "64",
+                         "--frames", "4", "--batch", "2", "--repeats", "1", timeout=600)
+    match = re.match(rf"^onnx session alone linknet/resnet18 64px batch 2, \d+ threads: {NUMBER} ms/frame "
+                     rf"\(median {NUMBER}\); engine {NUMBER} ms/frame \(median {NUMBER}\); "
+                     rf"engine - session (-?\d+) ms/frame$", line)
+    assert match, f"unexpected summary line: {line!r}"
+    session, _, engine, _, difference = (float(v) for v in match.groups())
+    # the engine runs the same session plus resizing 1000x1000 frames and post-processing them
+    assert 0 < session < engine, line
+    assert difference == pytest.approx(engine - session, abs=1), line

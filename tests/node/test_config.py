@@ -13,7 +13,7 @@ import yaml
 from dicom_node.config import load_node_config
 from tavicore.config import CONF_DIR, ConfigError
 from tests.conftest import REPO
-from tests.node.support import base_config, write_config
+from testkit.node import base_config, write_config
 
 
 def test_shipped_config_loads_with_absolute_paths():
@@ -51,6 +51,14 @@ def test_relative_paths_resolve_against_the_file(tmp_path):
         ({"processing": {"outputs": ["seg", "pdf"]}}, "invalid kind"),
         ({"processing": {"outputs": ["sr"]}}, "must include 'seg'"),
         ({"processing": {"uid_root": "1.2.x."}}, "uid_root"),
+        ({"processing": {"device": "cpu", "batch_size": 4}},
+         "processing.device: inference settings belong in the processing.inference section"),
+        ({"processing": {"tta": True}}, "move processing.tta -> processing.inference.tta"),
+        ({"processing": {"inference": {"bakend": "eager"}}},
+         "processing.inference.bakend: unknown key"),
+        ({"processing": {"inference": {"postprocess": {"threshold": 1.5}}}},
+         "processing.inference.postprocess.threshold"),
+        ({"processing": {"inference": {"host_threads": -1}}}, "processing.inference.host_threads"),
         ({"tls": {"enabled": True}}, "cert_file"),
         ({"destinations": [{"name": "a", "ae_title": "P", "host": "h", "port": 1},
                            {"name": "a", "ae_title": "Q", "host": "h", "port": 2}]}, "duplicate"),
@@ -85,3 +93,36 @@ def test_deploy_orthanc_example_matches_the_node_example():
     assert node["destinations"][0]["port"] == orthanc["DicomPort"]
     lua = (REPO / "deploy" / "route-to-taviseg.lua").read_text()
     assert f"NODE_AET = '{node['ae_title']}'" in lua
+
+
+def test_predict_evaluate_and_node_share_one_inference_schema():
+    """One InferenceConfig: conf/inference.yaml (predict), processing.inference (node) and the
+    inference section of evaluate.yaml; the shipped node file documents every key with the
+    same defaults as conf/inference.yaml."""
+    import inspect
+    from typing import get_type_hints
+
+    from dicom_node.config import ProcessingConfig
+    from segmentation.inference.config import INFERENCE_KEYS, InferenceConfig, load_inference_config
+    from segmentation.predict import predict_paths
+    from training.evaluate import EvaluateConfig
+
+    assert get_type_hints(ProcessingConfig)["inference"] is InferenceConfig
+    assert get_type_hints(EvaluateConfig)["inference"] is InferenceConfig
+    assert get_type_hints(predict_paths)["config"] == InferenceConfig | None
+    assert "config" in inspect.signature(predict_paths).parameters
+    node = load_node_config(CONF_DIR / "node.yaml").processing.inference
+    assert node == load_inference_config() == InferenceConfig()
+    shipped = yaml.safe_load((CONF_DIR / "node.yaml").read_text())["processing"]
+    assert set(shipped["inference"]) == INFERENCE_KEYS == set(yaml.safe_load((CONF_DIR / "inference.yaml").read_text()))
+    assert not INFERENCE_KEYS & set(shipped) - {"inference"}  # no inference key outside its section
+    deploy = load_node_config(REPO / "deploy" / "node.yaml").processing.inference
+    assert deploy.postprocess.fill_holes and deploy.host_threads == 2
+
+
+def test_override_of_an_inference_switch_reaches_the_config(tmp_path):
+    path = write_config(tmp_path / "n.yaml", base_config(tmp_path / "state"))
+    cfg = load_node_config(path, overrides={"processing.inference.postprocess.fill_holes": False,
+                                            "processing.inference.onnx_cache_dir": "cache"})
+    assert cfg.processing.inference.postprocess.fill_holes is False
+    assert cfg.processing.inference.onnx_cache_dir == tmp_path / "cache"  # relative to the file

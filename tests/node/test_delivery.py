@@ -17,7 +17,7 @@ from dicom_node.pipeline import OutputObject
 from dicom_node.sender import DeliveryLoop, DicomDestination, FolderDestination, SendResult, retry_delay
 from tests.conftest import free_port
 from tests.node.certs import make_pki
-from tests.node.support import make_xa, wait_until
+from testkit.node import make_xa, wait_until
 
 
 class StoreSCP:
@@ -101,7 +101,7 @@ def test_delivery_gives_up_after_the_configured_time_with_the_reason(tmp_path):
     wait_until(lambda: loop.deliver_due() == 0 and journal.outputs()[0].state == "failed", 10, "given up")
     row = journal.outputs()[0]
     assert "given up after" in row.detail and "PACS down" in row.detail
-    assert metrics.given_up.value(destination="pacs") == 1
+    assert metrics.value("given_up_total", destination="pacs") == 1
 
 
 def test_dicom_destination_plain_refused_and_down(tmp_path):

@@ -22,8 +22,8 @@ from dicom_node.config import ProcessingConfig
 from dicom_node.errors import NodeConfigError, ProcessingError
 from dicom_node.isolation import IsolatedProcessor, ProcessorDied
 from dicom_node.spool import StoredInstance
-from tests.node.fakes import ThresholdProcessor
-from tests.node.support import (
+from testkit.fakes import ThresholdProcessor
+from testkit.node import (
     NodeProcess,
     base_config,
     echo,
@@ -108,7 +108,7 @@ def test_node_survives_the_gdcm_abort_of_a_corrupt_jpegls_run(tmp_path, tiny_mod
     """The real model pipeline on the run that crashed the node (GDCM, SIGABRT)."""
     state = tmp_path / "state"
     cfg = base_config(state, processing={"processor_factory": None, "model_folder": str(tiny_model),
-                                         "backend": "eager", "device": "cpu", "outputs": ["seg"]})
+                                         "inference": {"backend": "eager", "device": "cpu"}, "outputs": ["seg"]})
     with NodeProcess(write_config(tmp_path / "node.yaml", cfg)).start() as node:
         poison = make_xa(frames=3, size=64, seed=5)
         poison.compress(JPEGLSLossless)
@@ -132,7 +132,7 @@ def test_restarts_during_a_run_fail_it_only_where_the_run_could_be_the_cause(tmp
     from dicom_node.node import MAX_INTERRUPTIONS_IN_PROCESS, Node
 
     state = tmp_path / "state"
-    processing = {"processor_factory": "tests.node.fakes:threshold_processor"} if isolated else {}
+    processing = {"processor_factory": "testkit.fakes:threshold_processor"} if isolated else {}
     cfg = load_node_config(write_config(tmp_path / "node.yaml", base_config(state, processing=processing)))
     (cfg.spool_dir / "instances").mkdir(parents=True)
     ds = make_xa(seed=7)

@@ -17,7 +17,7 @@ from pynetdicom import evt
 
 from tests.conftest import REPO, free_port, require_tool
 from tests.node.certs import make_pki
-from tests.node.support import (
+from testkit.node import (
     NodeProcess,
     associate,
     base_config,
@@ -50,8 +50,8 @@ STORESCU_TS_OPTION = {
 
 
 def _model_processing(model: Path, outputs: tuple[str, ...] = ("seg", "sr")) -> dict:
-    return {"processor_factory": None, "model_folder": str(model), "backend": "eager", "device": "cpu",
-            "batch_size": 4, "outputs": list(outputs)}
+    return {"processor_factory": None, "model_folder": str(model),
+            "inference": {"backend": "eager", "device": "cpu", "batch_size": 4}, "outputs": list(outputs)}
 
 
 def _storescu(port: int, path: Path, *, calling: str = "ANGIO", called: str = "TAVISEG") -> str:

@@ -10,6 +10,7 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -19,8 +20,8 @@ from dicom_node.scp import EarlyWriteback
 from dicom_node.sop import SharedUidContext, StoreStatus
 from tests.conftest import require_tool
 from tests.node.certs import make_pki
-from tests.node.fakes import ThresholdProcessor
-from tests.node.support import (
+from testkit.fakes import ThresholdProcessor
+from testkit.node import (
     XA,
     associate,
     base_config,
@@ -273,3 +274,79 @@ def test_overlapping_nodes_restore_pydicom_validation(start_node):
     assert pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE
     second.stop()
     assert pydicom.config.settings.reading_validation_mode == before
+
+
+def test_sop_class_table_and_scp_agree():
+    """One table: every storage SOP class pynetdicom knows is queued by the node exactly when the
+    reader would segment it (with Modality XA), Multi-frame True Color SC included; the rest is
+    kept or refused as other_objects says, and nothing the SCP accepts is outside that."""
+    from pynetdicom import AllStoragePresentationContexts
+
+    from dicom_node.sop import (
+        IMAGE_SOP_CLASSES,
+        accepted_sop_classes,
+        is_image_sop_class,
+    )
+    from segmentation.dicom.sop_classes import (
+        INPUT_IMAGE_SOP_CLASSES,
+        MULTIFRAME_TRUE_COLOR_SC,
+        InputKind,
+        NodeRoute,
+        classify,
+        node_route,
+    )
+
+    storage = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
+    for uid in storage | set(INPUT_IMAGE_SOP_CLASSES):
+        header = pydicom.Dataset()
+        header.SOPClassUID, header.Modality, header.Rows, header.Columns = uid, "XA", 8, 8
+        segmented = classify(header) is InputKind.IMAGE
+        assert is_image_sop_class(uid) is segmented, uid
+        assert (uid in accepted_sop_classes("refuse")) is segmented, uid
+        assert node_route(uid, "refuse") is (NodeRoute.QUEUE if segmented else NodeRoute.REFUSE), uid
+        assert node_route(uid, "keep") is (NodeRoute.QUEUE if segmented else NodeRoute.KEEP), uid
+    assert set(accepted_sop_classes("refuse")) == set(IMAGE_SOP_CLASSES) == INPUT_IMAGE_SOP_CLASSES
+    assert set(accepted_sop_classes("keep")) == storage | INPUT_IMAGE_SOP_CLASSES
+    assert MULTIFRAME_TRUE_COLOR_SC in accepted_sop_classes("refuse")
+    with pytest.raises(ValueError, match="other_objects 'drop'"):
+        accepted_sop_classes("drop")
+
+
+def _true_color_sc(frames: int = 2, size: int = 64) -> pydicom.Dataset:
+    """make_xa's run as a Multi-frame True Color Secondary Capture (RGB) with Modality XA."""
+    from pydicom.uid import MultiFrameTrueColorSecondaryCaptureImageStorage
+
+    ds = make_xa(frames=frames, size=size)
+    gray = np.frombuffer(ds.PixelData, np.uint8).reshape(frames, size, size)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MultiFrameTrueColorSecondaryCaptureImageStorage
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.repeat(gray[..., None], 3, axis=-1).tobytes()
+    for kw in ("PixelIntensityRelationship", "PositionerMotion", "KVP", "RadiationSetting"):
+        delattr(ds, kw)
+    ds.ConversionType = "WSD"
+    return ds
+
+
+def test_multiframe_true_color_sc_is_queued_and_segmented(tmp_path, tiny_model):
+    """The object both tables used to disagree on: accepted with other_objects: refuse, queued as
+    an image and segmented by the real pipeline (a SEG for each of its frames)."""
+    from dicom_node.pipeline import load_processor
+
+    data = base_config(tmp_path / "state", other_objects="refuse",
+                       processing={"processor_factory": None, "model_folder": str(tiny_model),
+                                   "inference": {"backend": "eager", "device": "cpu", "host_threads": 0}})
+    cfg = load_node_config(write_config(tmp_path / "node.yaml", data))
+    node = Node(cfg, processors=[load_processor(cfg.processing)])
+    node.start()
+    try:
+        ds = _true_color_sc()
+        assert send(node.scp.port, [ds]) == [0x0000]
+        _processed(node, 1)
+        counts = journal_counts(node.cfg.state_dir)
+        assert counts["done"] == 1 and counts["kept"] == 0
+        out = node.cfg.results_dir / str(ds.StudyInstanceUID)
+        files = wait_until(lambda: list(out.glob("*.dcm")), 10, "SEG delivered to the folder")
+        seg = pydicom.dcmread(files[0])
+        assert seg.SOPClassUID == pydicom.uid.SegmentationStorage and int(seg.NumberOfFrames) == 2
+    finally:
+        node.stop()

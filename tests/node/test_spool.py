@@ -15,7 +15,7 @@ from dicom_node.errors import InstanceRejected, StorageError
 from dicom_node.journal import Journal
 from dicom_node.sop import StoreStatus
 from dicom_node.spool import Spool
-from tests.node.support import XA, make_xa
+from testkit.node import XA, make_xa
 
 TS = "1.2.840.10008.1.2.1"
 

@@ -82,7 +82,7 @@ def test_cohort_dicom_frames_equal_the_pngs_and_ground_truth_the_masks(tmp_path)
 
 
 def test_ground_truth_errors(tmp_path, run) -> None:
-    from training.errors import DatasetError
+    from tavidata.errors import DatasetError
 
     with pytest.raises(DatasetError, match="not found"):
         read_ground_truth(tmp_path / "missing_mask.npz")

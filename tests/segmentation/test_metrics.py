@@ -93,3 +93,46 @@ def test_bad_inputs():
         metrics.dice(np.zeros((3, 3)), np.zeros((3, 4)))
     with pytest.raises(MetricError, match="spacing_mm must be two positive numbers"):
         metrics.assd_mm(np.ones((3, 3)), np.ones((3, 3)), (0.0, 1.0))
+
+
+def _old_assd_hd95(pred: np.ndarray, gt: np.ndarray, spacing) -> tuple[float, float]:
+    """The functions before issue 15, each running its own pair of distance transforms."""
+
+    def directed() -> tuple[np.ndarray, np.ndarray] | None:
+        if not pred.any() or not gt.any():
+            return None
+        bp, bg = metrics.boundary(pred), metrics.boundary(gt)
+        return (ndimage.distance_transform_edt(~bg, sampling=spacing)[bp],
+                ndimage.distance_transform_edt(~bp, sampling=spacing)[bg])
+
+    empty = 0.0 if not pred.any() and not gt.any() else float("nan")
+    d = directed()
+    assd = empty if d is None else float((d[0].sum() + d[1].sum()) / (d[0].size + d[1].size))
+    d = directed()
+    hd95 = empty if d is None else float(max(np.percentile(d[0], 95), np.percentile(d[1], 95)))
+    return assd, hd95
+
+
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_surface_metrics_bit_identical_to_the_separate_functions(seed, monkeypatch):
+    rng = np.random.default_rng(200 + seed)
+    spacing = (float(rng.uniform(0.1, 1.2)), float(rng.uniform(0.1, 1.2)))  # anisotropic
+    h, w = int(rng.integers(16, 48)), int(rng.integers(16, 48))
+    a, b = _random_shape(rng, h, w), _random_shape(rng, h, w) & (rng.random((h, w)) > 0.05)  # ragged edges
+    e = np.zeros((h, w), bool)
+    calls = []
+    edt = ndimage.distance_transform_edt
+    monkeypatch.setattr(metrics.ndimage, "distance_transform_edt", lambda *x, **k: (calls.append(1), edt(*x, **k))[1])
+    for p, g in ((a, b), (b, a), (a, a), (a, e), (e, b), (e, e)):
+        old_assd, old_hd95 = _old_assd_hd95(p, g, spacing)
+        calls.clear()
+        s = metrics.surface_metrics(p, g, spacing)
+        assert len(calls) == (2 if p.any() and g.any() else 0)  # one pair per frame, not two
+        assert _same(s.assd_mm, old_assd) and _same(s.hd95_mm, old_hd95), (s, old_assd, old_hd95)
+        assert _same(metrics.assd_mm(p, g, spacing), old_assd) and _same(metrics.hd95_mm(p, g, spacing), old_hd95)
+    assert metrics.surface_metrics(e, e, spacing) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in metrics.surface_metrics(a, e, spacing) + metrics.surface_metrics(e, b, spacing))

@@ -32,7 +32,7 @@ def test_every_pair_builds_offline_with_paper_parameter_counts():
                 assert y.shape == (1, 1, 64, 64)
             del model
     assert len(counts) == len(ARCHITECTURES) * len(ENCODERS) == 60
-    # BENCHMARK_SPEC Table 2 (smp 0.6.0, in_channels 1, classes 1)
+    # docs/benchmark.md, Table 2 corrections (smp 0.6.0, in_channels 1, classes 1)
     assert round(counts[("manet", "efficientnet-b4")] / 1e6, 2) == 25.63
     assert round(counts[("pspnet", "se_resnext101_32x4d")] / 1e6, 2) == 47.69
     assert round(counts[("unetplusplus", "se_resnext101_32x4d")] / 1e6, 2) == 72.38

@@ -88,7 +88,7 @@ def model_folder(path: Path, data_root: Path, biases: dict[int, float], **prov) 
 
 
 def cfg(**overrides):
-    return load_evaluate_config(overrides={"device": "cpu", "backend": "eager", "bootstrap_resamples": 500,
+    return load_evaluate_config(overrides={"inference.device": "cpu", "inference.backend": "eager", "bootstrap_resamples": 500,
                                            **overrides})
 
 
@@ -195,3 +195,34 @@ def test_patient_median_aggregate_option(tmp_path: Path, data_root: Path) -> Non
     assert {p["patient_id"] for p in patients} == set(splits.folds[0].test)  # fold 1 not held -> not scored
     assert all(p["dice"] == p["dice_median"] and p["hd95_mm"] == "" for p in patients)
     assert not math.isnan(float(patients[0]["assd_mm"]))
+
+
+def test_inference_section_is_the_shared_schema_and_reaches_the_engine(tmp_path: Path, data_root: Path) -> None:
+    """evaluate.yaml's inference section is an InferenceConfig (as predict's and the node's) and
+    its switches drive the engine: a constant probability of sigmoid(0.5) = 0.62 is foreground
+    at the folder's threshold 0.5 and background at inference.postprocess.threshold 0.7."""
+    from typing import get_type_hints
+
+    from segmentation.inference.config import InferenceConfig
+    from tavicore.config import ConfigError
+    from training.evaluate import EvaluateConfig
+
+    assert get_type_hints(EvaluateConfig)["inference"] is InferenceConfig
+    shipped = load_evaluate_config()
+    assert shipped.inference.postprocess.keep_largest_component is False  # the paper: threshold only
+    assert shipped.inference.postprocess.fill_holes is False and shipped.confidence == 0.95
+    with pytest.raises(ConfigError, match=r"device: inference settings belong in the inference section.*"
+                                          r"device -> inference\.device"):
+        load_evaluate_config(overrides={"device": "cpu"})
+    with pytest.raises(ConfigError, match=r"inference\.bakend: unknown key \(did you mean 'backend'"):
+        load_evaluate_config(overrides={"inference.bakend": "eager"})
+    with pytest.raises(ConfigError, match=r"inference\.folds \[0\]: leave it null"):
+        load_evaluate_config(overrides={"inference.folds": [0]})
+
+    folder = model_folder(tmp_path / "m", data_root, {0: 0.5})
+    areas = {}
+    for threshold in (None, 0.7):
+        out = tmp_path / f"eval{threshold}"
+        evaluate({"m": folder}, data_root, out, cfg(**{"inference.postprocess.threshold": threshold, "examples": 0}))
+        areas[threshold] = {int(r["pred_area_px"]) for r in read(out / "per_frame.csv")}
+    assert areas == {None: {SIZE * SIZE}, 0.7: {0}}

@@ -52,7 +52,7 @@ def test_flop_counter_counts_two_flops_per_multiply_add() -> None:
 def test_paper_model_costs_match_the_spec() -> None:
     manet = measure("manet", "efficientnet-b4", 512)
     assert manet.params_m == pytest.approx(25.63, abs=0.01)
-    assert manet.gflops == pytest.approx(37.8, abs=0.1)  # BENCHMARK_SPEC.md, FlopCounterMode at 512 px
+    assert manet.gflops == pytest.approx(37.8, abs=0.1)  # docs/benchmark.md, FlopCounterMode at 512 px
     unetpp = measure("unetplusplus", "efficientnet-b0", 624, flops=False)
     assert unetpp.network_size == 640 and unetpp.flops is None and unetpp.gflops is None
 

@@ -101,9 +101,34 @@ def test_bootstrap_ci_matches_scipy_percentile_method() -> None:
     values = np.random.default_rng(5).uniform(0, 1, size=40)
     ours = bootstrap_ci(values, statistic=np.mean, resamples=4000, seed=2)
     ref = sps.bootstrap((values,), np.mean, n_resamples=4000, method="percentile",
-                        random_state=np.random.default_rng(11)).confidence_interval
+                        rng=np.random.default_rng(11)).confidence_interval
     assert ours.low == pytest.approx(ref.low, abs=0.01)
     assert ours.high == pytest.approx(ref.high, abs=0.01)
+    # the seed is that of numpy's default_rng handed to scipy: the same interval to the bit
+    same = sps.bootstrap((values,), np.mean, n_resamples=4000, method="percentile",
+                         rng=np.random.default_rng(2)).confidence_interval
+    assert (ours.low, ours.high) == (same.low, same.high)
+
+
+def test_bootstrap_ci_is_the_percentile_interval_not_bca() -> None:
+    from scipy import stats as sps
+
+    skewed = np.random.default_rng(4).lognormal(0.0, 1.0, size=30)  # percentile and BCa differ here
+    ours = bootstrap_ci(skewed, statistic=np.mean, resamples=3000, seed=1)
+    dist = sps.bootstrap((skewed,), np.mean, n_resamples=3000, method="percentile",
+                         rng=np.random.default_rng(1)).bootstrap_distribution
+    np.testing.assert_allclose([ours.low, ours.high], np.percentile(dist, [2.5, 97.5]), rtol=1e-12)
+    bca = sps.bootstrap((skewed,), np.mean, n_resamples=3000, method="BCa",
+                        rng=np.random.default_rng(1)).confidence_interval
+    assert abs(ours.high - bca.high) > 0.05
+
+
+def test_bootstrap_ci_of_one_value_is_that_value_and_large_cohorts_are_batched() -> None:
+    one = bootstrap_ci([0.87, float("nan")], resamples=50)
+    assert (one.n, one.estimate, one.low, one.high) == (1, 0.87, 0.87, 0.87)
+    big = np.random.default_rng(9).normal(0.9, 0.03, size=5000)  # batches of 800 resamples
+    ci = bootstrap_ci(big, resamples=2000, seed=3)
+    assert ci.low < np.median(big) < ci.high and ci.high - ci.low < 0.005
 
 
 def test_bootstrap_ci_drops_nan_and_validates() -> None:

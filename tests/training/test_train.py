@@ -304,3 +304,22 @@ def test_augmentation_draws_depend_only_on_seed_epoch_and_index(tiny_dataset):
     assert all(torch.equal(x[i], first[i][0]) for i in range(4))
     ds.set_epoch(2)
     assert not all(torch.equal(ds[i][0], first[i][0]) for i in range(4))
+
+
+#: How much a short CPU run must raise validation Dice above its first epoch (stated margin).
+LEARNING_MARGIN = 0.25
+
+
+def test_a_short_run_learns(tmp_path):
+    """Eight epochs on a task a network can learn (dark discs in noise) raise validation Dice
+    by at least LEARNING_MARGIN over the first epoch and past 0.7: the loop really trains."""
+    from training.train import read_history, train
+
+    data = write_synthetic_dataset(tmp_path / "data", patients=4, frames=8, size=64, seed=3)
+    cfg = load_train_config(TINY, overrides={"epochs": 8, "optim.lr": 3e-3})
+    train(cfg, data, tmp_path / "run", folds=[0], progress=False)
+    history = read_history(tmp_path / "run" / "fold_0" / "history.csv")
+    dices = [h.val_dice for h in history]
+    assert len(dices) == 8
+    assert max(dices) >= dices[0] + LEARNING_MARGIN, dices
+    assert max(dices) >= 0.7, dices

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tavicore.config import CONF_DIR, ConfigError
-from training.config import TrainConfig, load_train_config
+from training.config import TrainConfig, load_train_config, resolve_train_config
 
 TRAIN_CONF = CONF_DIR / "train"
 PAPER_FILES = sorted(p for p in TRAIN_CONF.glob("*.yaml") if not p.name.startswith("cpu_"))
@@ -103,12 +103,25 @@ def test_overrides_and_missing_file(tmp_path):
     cfg = load_train_config(TRAIN_CONF / "cpu_tiny.yaml", overrides={"epochs": 5, "optim.lr": 1e-4,
                                                                      "batch_size": "auto"})
     assert (cfg.epochs, cfg.optim.lr, cfg.batch_size) == (5, 1e-4, "auto")
-    assert isinstance(cfg, TrainConfig)
-    with pytest.raises(ConfigError, match="not found"):
+    assert cfg.model.architecture == "linknet" and cfg.epochs != load_train_config(TRAIN_CONF / "cpu_tiny.yaml").epochs
+    with pytest.raises(ConfigError, match="not found.*shipped: .*cpu_tiny"):
         load_train_config(tmp_path / "nope.yaml")
     (tmp_path / "no_model.yaml").write_text("epochs: 3\n")
     with pytest.raises(ConfigError, match="model: required key is missing"):
         load_train_config(tmp_path / "no_model.yaml")
+
+
+def test_a_shipped_configuration_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert resolve_train_config("cpu_tiny") == TRAIN_CONF / "cpu_tiny.yaml"
+    assert resolve_train_config("cpu_tiny.yaml") == TRAIN_CONF / "cpu_tiny.yaml"
+    assert load_train_config("cpu_tiny") == load_train_config(TRAIN_CONF / "cpu_tiny.yaml")
+    own = tmp_path / "cpu_tiny.yaml"  # a file of the user's own wins over the shipped name
+    own.write_text((TRAIN_CONF / "cpu_tiny.yaml").read_text().replace("epochs: 2", "epochs: 7"))
+    assert resolve_train_config("cpu_tiny.yaml") == Path("cpu_tiny.yaml")
+    assert load_train_config("cpu_tiny.yaml").epochs == 7
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_train_config("sub/cpu_tiny.yaml")
 
 
 def test_cli_reports_config_errors_with_exit_code_1(tmp_path, capsys):

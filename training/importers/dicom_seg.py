@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import SegmentationStorage
 
 from training.importers.naming import label_matches
 from tavidata.errors import DatasetError
@@ -30,7 +31,7 @@ from tavidata.errors import DatasetError
 logger = logging.getLogger(__name__)
 
 #: Segmentation Storage SOP Class UID.
-SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
+SEG_SOP_CLASS_UID = SegmentationStorage
 
 
 @dataclass(frozen=True)

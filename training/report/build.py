@@ -216,7 +216,7 @@ def _load_spec(folder: str) -> Any:
 def _overlay_panels(models: Mapping[str, Any], ev: Path, data_root: Path) -> dict[str, list[dict[str, Any]]]:
     """Frames, truth and predicted masks of each model's saved best/worst examples."""
     from tavidata.format import Dataset, read_gray
-    from training.errors import DatasetError
+    from tavidata.errors import DatasetError
 
     try:
         dataset = Dataset.load(data_root)

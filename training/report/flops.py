@@ -1,7 +1,7 @@
 """Model cost for Table 2: parameter count and FLOPs at the configured input size.
 
 FLOPs are counted with :class:`torch.utils.flop_counter.FlopCounterMode`, which counts 2 FLOPs
-per multiply-add (convolutions, matrix products); BENCHMARK_SPEC.md found it to agree with
+per multiply-add (convolutions, matrix products); docs/benchmark.md ("Corrections") notes it agrees with
 fvcore, while thop and ptflops undercount EfficientNet models. The model and its input are
 built on the ``meta`` device, so no memory is allocated and nothing is computed (a paper-size
 model at 896 px is counted in seconds on a CPU); if a model cannot run on ``meta`` the count

@@ -2,7 +2,7 @@
 
 Each table is a :class:`Table` (title, columns, rows, note) written as Markdown into
 ``report.md`` and as CSV beside it. Where the paper gives a figure for the same quantity, a
-``paper ...`` column quotes it (numbers restated in BENCHMARK_SPEC.md).
+``paper ...`` column quotes it (numbers restated in docs/benchmark.md).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class PaperConfig:
     tuning_dsc: float
 
 
-#: Table 2 of the paper (encoder column as printed; see BENCHMARK_SPEC.md on its swapped rows).
+#: Table 2 of the paper (encoder column as printed; see docs/benchmark.md, "Corrections", on its swapped rows).
 PAPER_TABLE2: dict[str, PaperConfig] = {
     "unetplusplus": PaperConfig("efficientnet-b4", 896, "rmsprop", 1e-4, 72.4, 502.1, 0.913),
     "linknet": PaperConfig("se_resnext101_32x4d", 512, "rmsprop", 1e-3, 17.9, 53.2, 0.91),
@@ -66,7 +66,7 @@ class PaperResult:
     assd_high: float
 
 
-#: Table 3 of the paper (U-Net++ ASSD CI as corrected in BENCHMARK_SPEC.md).
+#: Table 3 of the paper (U-Net++ ASSD CI as corrected in docs/benchmark.md, "Corrections").
 PAPER_TABLE3: dict[str, PaperResult] = {
     "deeplabv3plus": PaperResult(0.929, 0.915, 0.938, 4.619, 4.034, 5.578),
     "fpn": PaperResult(0.933, 0.924, 0.941, 4.371, 3.985, 5.469),
@@ -190,7 +190,7 @@ def table2_configurations(rows: Iterable[Mapping[str, Any]]) -> Table:
         "Parameters: sum of p.numel(); FLOPs: torch.utils.flop_counter (2 per multiply-add) for "
         "one 1-channel frame at the network input size (624 padded to 640). The paper's encoder "
         "column appears swapped for U-Net++, LinkNet, FPN and DeepLabV3+ (their parameter counts "
-        "match the other encoder, BENCHMARK_SPEC.md); its FLOPs match 512 px inputs. Tuning DSC: "
+        "match the other encoder, docs/benchmark.md); its FLOPs match 512 px inputs. Tuning DSC: "
         "best validation Dice of a COMPLETE trial of that architecture."
     )
     return table

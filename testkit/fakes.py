@@ -1,7 +1,7 @@
 """A fast stand-in processor for node tests: threshold masks in a minimal Secondary Capture.
 
 Selected in a node's configuration with ``processing.processor_factory:
-tests.node.fakes:threshold_processor``. It decodes with pydicom, thresholds every frame at its
+testkit.fakes:threshold_processor``. It decodes with pydicom, thresholds every frame at its
 mean and returns one ``seg`` output (a Secondary Capture holding the mask of frame 1) with the
 node's deterministic output UIDs. ``TAVISEG_TEST_PROCESS_DELAY_S`` slows each run down (for
 kill-while-processing tests).

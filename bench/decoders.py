@@ -3,7 +3,7 @@
 
 Usage::
 
-    python -m segmentation.dicom.bench_decoders FILE [FILE ...] [--repeats 5] [--frames 8]
+    python bench/decoders.py FILE [FILE ...] [--repeats 5] [--frames 8]
 
 Prints one line per (file, decoder): median milliseconds per frame, and whether the decoded
 frames equal those of the first decoder that worked (lossless agreement).

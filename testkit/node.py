@@ -19,15 +19,17 @@ import pydicom
 import yaml
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, XRayAngiographicImageStorage
 from pynetdicom import AE, _config, build_context
+from pynetdicom.sop_class import Verification
 
 from dicom_node.journal import Journal
-from tests.conftest import REPO, free_port
+from tavidata.xa import Calibration, Identity, build_xray
+from testkit.paths import REPO, free_port
 
-XA = "1.2.840.10008.5.1.4.1.1.12.1"
-VERIFICATION = "1.2.840.10008.1.1"
-FAKE_PROCESSOR = "tests.node.fakes:threshold_processor"
+XA = XRayAngiographicImageStorage
+VERIFICATION = Verification
+FAKE_PROCESSOR = "testkit.fakes:threshold_processor"
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -59,34 +61,10 @@ def make_xa(
     yy, xx = np.mgrid[:size, :size]
     disc = (yy - size * 0.4) ** 2 + (xx - size * 0.5) ** 2 < (size * 0.2) ** 2
     pixels = np.where(disc, 60, 150)[None].repeat(frames, 0) + rng.integers(0, 20, (frames, size, size))
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = XA
-    ds.SOPInstanceUID = sop_uid or generate_uid()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID = study_uid or generate_uid()
-    ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.PatientName, ds.PatientID = "NODE^TEST", "NODETEST1"
-    ds.PatientBirthDate, ds.PatientSex = "19500101", "F"
-    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20250101", "120000", "1", "A1"
-    ds.ReferringPhysicianName = ""
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "XA", 1, 1
-    ds.Manufacturer = "test"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "SINGLE PLANE"]
-    ds.PatientOrientation = ""
-    ds.Rows = ds.Columns = size
-    ds.NumberOfFrames = frames
-    ds.FrameIncrementPointer = pydicom.tag.Tag("FrameTime")
-    ds.FrameTime = 66.7
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelIntensityRelationship = "LIN"
-    ds.ImagerPixelSpacing = [0.3, 0.3]
-    ds.PositionerMotion = "STATIC"
-    ds.KVP, ds.RadiationSetting = 80, "GR"
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
+    identity = Identity(patient_id="NODETEST1", patient_name="NODE^TEST", sex="F", study_uid=study_uid,
+                        series_uid=series_uid, sop_uid=sop_uid, study_date="20250101", accession="A1",
+                        manufacturer="test")
+    ds = build_xray(pixels.astype(np.uint8), identity=identity, calibration=Calibration((0.3, 0.3)))
     if path is not None:
         ds.save_as(path, enforce_file_format=True)
     return ds

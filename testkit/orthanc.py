@@ -162,6 +162,8 @@ def start_orthanc(
     http_port: int | None = None,
     lua_scripts: list[Path] | None = None,
     binary: str | None = None,
+    plugins: list[str] | None = None,
+    extra_config: Mapping[str, object] | None = None,
 ) -> OrthancServer:
     """Start Orthanc with its storage in ``workdir``; return once its REST API answers.
 
@@ -174,6 +176,8 @@ def start_orthanc(
             again restarts Orthanc on the same data (outage tests).
         lua_scripts: Lua scripts to load (e.g. auto-routing to the node).
         binary: Orthanc executable (found on PATH by default).
+        plugins: Plugin files or folders to load (e.g. the DICOMweb plugin, see testkit.viewers).
+        extra_config: Further configuration keys, set last (e.g. the plugins' sections).
 
     Raises:
         OrthancError: Orthanc is not installed or did not start.
@@ -200,7 +204,7 @@ def start_orthanc(
         "DicomCheckModalityHost": restrict_to_known,
         "DicomCheckCalledAet": False,
         "UnknownSopClassAccepted": True,
-        "Plugins": [],
+        "Plugins": [str(p) for p in (plugins or [])],
         "LuaScripts": [str(p) for p in (lua_scripts or [])],
         "DicomModalities": {k: [a, h, p] for k, (a, h, p) in (known_modalities or {}).items()},
         "ConcurrentJobs": 2,
@@ -209,6 +213,7 @@ def start_orthanc(
         "SaveJobs": False,
         "MaximumStorageCacheSize": 0,
     }
+    config.update(extra_config or {})
     cfg_path = workdir / "orthanc.json"
     cfg_path.write_text(json.dumps(config, indent=2))
     log = workdir / "orthanc.log"

@@ -1,0 +1,211 @@
+"""Fitting the QC data of a model folder: :func:`fit_quality_model`.
+
+1. **Training frames** (the training patients of the folder's folds, from the data set's
+   ``splits.json``): the encoder features' mean and shrunk covariance (:mod:`.ood`), and the
+   shape statistics of the ground-truth masks (:mod:`.shape`).
+2. **Held-out frames** (validation and test patients of those folds, never trained on) and the
+   **stress set(s)** (:mod:`.stress`): every frame is segmented and measured; its label is
+   ``Dice >= 0.8`` against the ground truth (empty ground truth: the frame is right only when
+   the model outlines nothing). The monotone calibrator (:mod:`.calibrator`) is fitted on them.
+3. ``flag_below`` is the quality below which at most ``target_false_alarm`` of the held-out
+   in-distribution frames with Dice >= 0.7 fall; the "no root here" gate's limits come from the
+   training masks (area) and the held-out frames (distance, contrast) with wide margins, so that
+   it fires only far outside what the model was trained on.
+
+The result is written into the model folder (``qc.json`` + ``qc.npz``, :mod:`.store`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from segmentation import metrics
+from segmentation.qc.assess import QualityAssessor
+from segmentation.qc.calibrator import FEATURES, Calibrator
+from segmentation.qc.contrast import mask_contrast
+from segmentation.qc.ood import FeatureGaussian
+from segmentation.qc.shape import ShapeStats, shape_features
+from segmentation.qc.store import Gate, QualityModel, save_quality_model
+from tavidata.format import Dataset, FrameRecord
+
+logger = logging.getLogger(__name__)
+
+#: Frames with at least this Dice count as good (the calibrator's label).
+GOOD_DICE = 0.8
+#: Frames below this Dice are failures (the bench's detection target; false alarms are flags on
+#: in-distribution frames at or above it).
+FAIL_DICE = 0.7
+
+
+def runs_of(records: Iterable[FrameRecord]) -> list[list[FrameRecord]]:
+    """Records grouped by (patient, run), frames in order; runs in sorted order."""
+    groups: dict[tuple[str, str], list[FrameRecord]] = defaultdict(list)
+    for rec in records:
+        groups[(rec.patient_id, rec.run_id)].append(rec)
+    return [sorted(groups[k], key=lambda r: r.frame_index) for k in sorted(groups)]
+
+
+def cap_runs(runs: list[list[FrameRecord]], max_frames: int | None, seed: int) -> list[list[FrameRecord]]:
+    """Whole runs in a seeded order until ``max_frames`` frames (None: all)."""
+    if max_frames is None:
+        return runs
+    order = list(range(len(runs)))
+    random.Random(seed).shuffle(order)
+    out, n = [], 0
+    for i in order:
+        if n >= max_frames:
+            break
+        out.append(runs[i])
+        n += len(runs[i])
+    return sorted(out, key=lambda r: (r[0].patient_id, r[0].run_id))
+
+
+def model_patients(dataset: Dataset, folds: Sequence[int]) -> tuple[list[str], list[str]]:
+    """(training patients, held-out patients) of the model's folds, from ``splits.json``.
+
+    Held-out: validation and test patients of those folds that no selected fold trained on.
+
+    Raises:
+        SplitError: no splits file or an unknown fold.
+    """
+    from tavidata.splits import SPLITS_FILENAME, load_splits
+
+    splits = load_splits(Path(dataset.root) / SPLITS_FILENAME)
+    train: set[str] = set()
+    other: set[str] = set()
+    for k in folds:
+        fold = splits.fold(k)
+        train.update(fold.train)
+        other.update(fold.val)
+        other.update(fold.test)
+    return sorted(train), sorted(other - train)
+
+
+def evaluate_runs(assessor: QualityAssessor, runs: list[list[FrameRecord]]) -> list[dict]:
+    """Segment, measure (and score, when the assessor has QC data) every frame of ``runs``.
+
+    Returns one row per frame: ``frame_id``, ``stage``, ``dice`` (the model's mask before the
+    gate), ``dice_final`` (after it), ``no_root`` (empty ground truth), the features, ``quality``
+    (None without QC data), ``flagged``, ``reason`` and ``confidence`` (the old score).
+    """
+    rows: list[dict] = []
+    for run in runs:
+        images = [Dataset.read_image(r) for r in run]
+        gts = [Dataset.read_mask(r) if r.mask is not None else np.zeros(images[i].shape, bool)
+               for i, r in enumerate(run)]
+        m = assessor.measure(images, spacing_mm=run[0].spacing_mm, sequence=True)
+        pred = assessor.score(m) if assessor.available else None
+        for i, rec in enumerate(run):
+            row = {
+                "frame_id": rec.frame_id, "stage": rec.stage, "patient_id": rec.patient_id,
+                "dice": metrics.dice(m.masks[i], gts[i]), "no_root": not gts[i].any(),
+                "confidence": float(m.confidence[i]), "features": m.features[i], "encoder": m.encoder[i],
+                "quality": None, "flagged": False, "reason": None, "dice_final": None,
+            }
+            if pred is not None:
+                row.update(quality=float(pred.quality[i]), flagged=bool(pred.flagged[i]), reason=pred.reasons[i],
+                           dice_final=metrics.dice(pred.masks[i], gts[i]))
+            rows.append(row)
+    return rows
+
+
+def _feature_matrix(rows: list[dict]) -> np.ndarray:
+    return np.array([[float(r["features"].get(f, math.nan)) for f in FEATURES] for r in rows], np.float64)
+
+
+def fit_quality_model(
+    assessor: QualityAssessor,
+    dataset_root: str | Path,
+    stress_roots: Sequence[str | Path],
+    *,
+    max_train_frames: int | None = 400,
+    max_heldout_frames: int | None = 400,
+    target_false_alarm: float = 0.04,
+    seed: int = 0,
+    save: bool = True,
+) -> QualityModel:
+    """Fit the QC data of ``assessor``'s model folder (module docstring) and write them there.
+
+    Args:
+        assessor: The folder's assessor (its current QC data, if any, are ignored).
+        dataset_root: The model's training data set (with ``splits.json``).
+        stress_roots: Stress-set folders (:func:`segmentation.qc.stress.build_stress_set`).
+        max_train_frames: Cap on training frames for the feature statistics (whole runs).
+        max_heldout_frames: Cap on held-out in-distribution frames for the calibrator.
+        target_false_alarm: Fraction of held-out frames with Dice >= 0.7 that may be flagged.
+        seed: Seed of the frame caps.
+        save: Write ``qc.json``/``qc.npz`` into the folder.
+
+    Returns:
+        The fitted :class:`QualityModel` (the assessor uses it from now on).
+
+    Raises:
+        SplitError: no splits file. QualityError: too few frames, or a single label class.
+    """
+    fresh = QualityAssessor(engine=assessor.engine, qc=None, _encoder=assessor._encoder)
+    dataset = Dataset.load(dataset_root)
+    train_p, held_p = model_patients(dataset, assessor.engine.folder.folds)
+    train_runs = cap_runs(runs_of(dataset.frames_of(train_p)), max_train_frames, seed)
+    held_runs = cap_runs(runs_of(dataset.frames_of(held_p)), max_heldout_frames, seed + 1)
+    logger.info("QC fit: %d training frames, %d held-out frames, %d stress set(s)",
+                sum(map(len, train_runs)), sum(map(len, held_runs)), len(stress_roots))
+
+    train_rows = evaluate_runs(fresh, train_runs)
+    ood = FeatureGaussian.fit(np.stack([r["encoder"] for r in train_rows]))
+    gt_shapes, gt_contrast, fovs = [], [], []
+    for run in train_runs:
+        for rec in run:
+            gt = Dataset.read_mask(rec)
+            img = Dataset.read_image(rec)
+            gt_shapes.append(shape_features(gt, rec.spacing_mm))
+            gt_contrast.append(mask_contrast(img, gt))
+            fovs.append(max(gt.shape) * max(rec.spacing_mm))
+    shape = ShapeStats.fit(gt_shapes, fov_mm=float(np.median(fovs)))
+
+    held_rows = evaluate_runs(fresh, held_runs)
+    stress_rows = [row for root in stress_roots for row in evaluate_runs(fresh, runs_of(Dataset.load(root).records))]
+    fit_rows = held_rows + stress_rows
+    for row in fit_rows:
+        d = float(ood.distance(row["encoder"])[0])
+        row["features"]["ood_distance"] = d
+        row["features"]["ood_log_distance"] = math.log1p(d)
+        row["features"]["shape_implausibility"] = shape.implausibility(row["features"])
+    y = np.array([r["dice"] >= GOOD_DICE for r in fit_rows], np.float64)
+    calibrator = Calibrator.fit(_feature_matrix(fit_rows), y)
+
+    held_good = [r for r in held_rows if r["dice"] >= FAIL_DICE]
+    q_good = calibrator.predict(_feature_matrix(held_good)) if held_good else np.ones(1)
+    flag_below = float(np.clip(np.quantile(q_good, target_false_alarm), 0.05, 0.95))
+    held_d = np.array([r["features"]["ood_distance"] for r in held_rows]) if held_rows else ood.train_distances
+    good_contrast = np.array([r["features"]["mask_contrast"] for r in held_good]) if held_good else np.array(gt_contrast)
+    area = [f["area_frac"] for f in gt_shapes if f["area_frac"] > 0]
+    gate = Gate(
+        ood_max=float(2.0 * max(float(held_d.max()), ood.train_quantile(1.0))),
+        area_frac_min=float(0.2 * min(area)),
+        area_frac_max=float(min(0.9, 2.0 * max(area))),
+        contrast_min=float(min(0.0, 0.5 * np.quantile(good_contrast, 0.01))),
+    )
+    provenance = {
+        "dataset": str(Path(dataset_root).resolve()),
+        "stress_sets": [str(Path(s).resolve()) for s in stress_roots],
+        "frames": {"train": len(train_rows), "held_out": len(held_rows), "stress": len(stress_rows)},
+        "labels_good": int(y.sum()), "labels_bad": int(len(y) - y.sum()),
+        "target_false_alarm": target_false_alarm, "seed": seed,
+    }
+    qc = QualityModel(calibrator=calibrator, shape=shape, ood=ood, gate=gate, flag_below=flag_below,
+                      provenance=provenance)
+    gated_good = sum(gate.reason(r["features"]["ood_distance"], r["features"]["area_frac"],
+                                 r["features"]["mask_contrast"]) is not None for r in held_good)
+    logger.info("QC fit: flag below %.3f; gate %s; gate fires on %d of %d good held-out frames",
+                flag_below, gate, gated_good, len(held_good))
+    if save:
+        save_quality_model(assessor.engine.folder.path, qc)
+    assessor.qc = qc
+    return qc

@@ -1,0 +1,227 @@
+"""int8 quantisation: the variant and its provenance, the accuracy check that refuses to write,
+the engine's choice of variant, old folders, and the variant recorded in the SR."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from segmentation.errors import InferenceError, ModelError
+from segmentation.inference import engine as engine_mod
+from segmentation.inference import quantize as quantize_mod
+from segmentation.inference.engine import InferenceEngine
+from segmentation.inference.quantize import (
+    INT8_VARIANT,
+    AccuracyCheckError,
+    QuantizationError,
+    QuantizeSettings,
+    quantize_model_folder,
+)
+from segmentation.metrics import dice
+from segmentation.models.folder import VARIANTS_FILENAME, load_model_folder, save_model_folder
+from tests.segmentation.conftest import make_model_folder, make_state
+
+SETTINGS = QuantizeSettings(calibration_frames=4, check_frames=4, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory):
+    """The tiny phantom preset at 96 px: 4 patients x 4 frames with ground-truth masks."""
+    from tavidata.phantom import generate_cohort, load_phantom_preset
+
+    root = tmp_path_factory.mktemp("phantom") / "tiny"
+    generate_cohort(root, dataclasses.replace(load_phantom_preset("tiny"), size=96), contact_sheet=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, phantom, onnx_cache):
+    """A LinkNet/ResNet-18 48 px folder with its int8 variant, and the report."""
+    folder = make_model_folder(tmp_path_factory.mktemp("q") / "model", size=48)
+    report = quantize_model_folder(folder, phantom, settings=SETTINGS, onnx_cache_dir=onnx_cache)
+    return folder, report
+
+
+def test_quantize_writes_the_variant_with_provenance(quantized, phantom):
+    import onnx
+    import onnxruntime
+
+    folder, report = quantized
+    assert report.written and report.passed and list(report.files) == [0]
+    mf = load_model_folder(folder)
+    variant = mf.variants[INT8_VARIANT]
+    path = folder / variant.files[0]
+    assert path == report.files[0] and path.is_file()
+    assert variant.sha256[0] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert variant.source_weights_sha256[0] == mf.weights_hash(0)
+    assert variant.padded_size == mf.spec.padded_size == 64
+    prov = variant.provenance
+    cal = prov["calibration"]
+    assert cal["dataset"]["name"] == "phantom-tiny" and cal["dataset"]["path"] == str(phantom.resolve())
+    assert cal["method"] == "minmax" and "QDQ" in prov["method"] and "per-channel" in prov["method"]
+    fold = cal["folds"]["0"]
+    assert fold["calibration_frames"] == 4 and len(fold["calibration_frame_ids"]) == 4
+    # calibration and check frames come from different patients
+    assert not set(fold["calibration_patients"]) & set(fold["check_patients"])
+    check = fold["check"]
+    assert check["median_dice_vs_fp32"] >= 0.99 and check["worst_frame"].startswith("P00")
+    assert check["fp32_dice_gt"] is not None and abs(check["dice_change"]) <= 0.005
+    assert prov["versions"]["onnxruntime"] == onnxruntime.__version__
+    assert prov["versions"]["onnx"] == onnx.__version__
+    # the file really is int8: quantised weights, activations through QDQ pairs; the head stays float
+    model = onnx.load(str(path))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) > 10
+    head = [n for n in model.graph.node if "logits" in n.output]
+    assert head and head[0].op_type == "Conv" and fold["nodes_kept_float"] == [head[0].name]
+
+
+def test_engine_picks_int8_on_cpu_unless_told_otherwise(quantized, onnx_cache):
+    folder, _ = quantized
+    from tests.segmentation.conftest import smooth_frames
+
+    frames = smooth_frames(3, 70, 90, seed=7)
+    auto = InferenceEngine.from_folder(folder, device="cpu", backend="auto", onnx_cache_dir=onnx_cache)
+    assert auto.backend_name == INT8_VARIANT
+    assert auto.backends[0].path == folder / "fold_0.onnx-int8.onnx"
+    fp32 = InferenceEngine.from_folder(folder, device="cpu", backend="onnx", onnx_cache_dir=onnx_cache)
+    assert fp32.backend_name == "onnx" and fp32.backends[0].path.parent == onnx_cache
+    eager = InferenceEngine.from_folder(folder, device="cpu", backend="eager")
+    assert eager.backend_name == "eager"
+    explicit = InferenceEngine.from_folder(folder, device="cpu", backend="onnx-int8")
+    assert explicit.backend_name == INT8_VARIANT
+    got, ref = auto.predict(frames).masks, eager.predict(frames).masks
+    assert 0.05 < ref.mean() < 0.95
+    assert min(dice(a, b) for a, b in zip(got, ref)) > 0.97
+
+
+def test_int8_is_never_used_on_a_gpu(quantized, monkeypatch):
+    """On a (pretended) CUDA device, auto picks eager autocast and onnx-int8 is refused."""
+    folder, _ = quantized
+    built = []
+
+    class FakeTorchBackend:
+        def __init__(self, model, *, device, autocast_dtype, channels_last, name):
+            self.name = name
+            built.append((device.type, autocast_dtype, name))
+
+    monkeypatch.setattr(engine_mod, "resolve_device", lambda device: torch.device("cuda", 0))
+    monkeypatch.setattr(engine_mod, "TorchBackend", FakeTorchBackend)
+    monkeypatch.setattr(engine_mod, "gpu_autocast_dtype", lambda: torch.bfloat16)
+    engine = InferenceEngine.from_folder(folder, device="cuda", backend="auto")
+    assert engine.backend_name == "eager-bf16" and built == [("cuda", torch.bfloat16, "eager-bf16")]
+    with pytest.raises(InferenceError, match="'onnx-int8' runs on the CPU only, the device is cuda:0"):
+        InferenceEngine.from_folder(folder, device="cuda", backend="onnx-int8")
+
+
+def test_a_variant_of_other_weights_is_not_used(quantized, tmp_path, onnx_cache, caplog):
+    folder, _ = quantized
+    copy = tmp_path / "retrained"
+    shutil.copytree(folder, copy)
+    spec = load_model_folder(copy).spec
+    save_model_folder(copy, spec, {0: make_state("linknet", "resnet18", seed=5)}, overwrite=True)
+    assert (copy / VARIANTS_FILENAME).is_file()  # still listed, but made from the old weights
+    with caplog.at_level(logging.WARNING):
+        engine = InferenceEngine.from_folder(copy, device="cpu", backend="auto", onnx_cache_dir=onnx_cache)
+    assert engine.backend_name == "onnx" and "made from other weights" in caplog.text
+    with pytest.raises(InferenceError, match=r"folds \[0\] have no valid int8 variant; make it with "
+                                             r"`taviseg model quantize"):
+        InferenceEngine.from_folder(copy, device="cpu", backend="onnx-int8")
+
+
+def test_a_failed_accuracy_check_writes_nothing(tmp_path, phantom, onnx_cache, monkeypatch):
+    """Calibrated on blank frames, the activation ranges are wrong: the check fails, nothing is written."""
+    folder = make_model_folder(tmp_path / "model", size=48)
+    before = sorted(p.name for p in folder.iterdir())
+
+    def blank_batches(mf, images, batch_size):
+        return [np.zeros((len(images), 1, mf.spec.padded_size, mf.spec.padded_size), np.float32)]
+
+    monkeypatch.setattr(quantize_mod, "model_batches", blank_batches)
+    with pytest.raises(AccuracyCheckError, match="int8 variant not written, the accuracy check failed") as info:
+        quantize_model_folder(folder, phantom, settings=SETTINGS, onnx_cache_dir=onnx_cache)
+    check = info.value.report.checks[0]
+    assert not check.passed and check.median_dice_vs_fp32 < 0.99 and check.worst_frame
+    assert "median Dice vs fp32" in check.reasons[0]
+    assert sorted(p.name for p in folder.iterdir()) == before  # no variants.json, no .onnx
+    assert load_model_folder(folder).variants == {}
+
+
+def test_an_unreachable_target_refuses_too(quantized, tmp_path, phantom, onnx_cache):
+    """The same int8 model that passed by default fails a Dice-change limit it cannot meet."""
+    folder, report = quantized
+    change = report.checks[0].dice_change
+    copy = tmp_path / "model"
+    shutil.copytree(folder, copy)
+    (copy / VARIANTS_FILENAME).unlink()
+    for f in copy.glob("*.onnx"):
+        f.unlink()
+    if change == 0.0:
+        pytest.skip("int8 and fp32 masks identical on the check frames: no limit below the change exists")
+    strict = dataclasses.replace(SETTINGS, max_dice_change=abs(change) / 2)
+    with pytest.raises(AccuracyCheckError, match="Dice vs ground truth changed by"):
+        quantize_model_folder(copy, phantom, settings=strict, onnx_cache_dir=onnx_cache)
+    assert not (copy / VARIANTS_FILENAME).exists()
+
+
+def test_old_folders_without_variants_load_and_run_fp32(tmp_path, onnx_cache):
+    folder = make_model_folder(tmp_path / "old", size=48)
+    assert not (folder / VARIANTS_FILENAME).exists()
+    assert json.loads((folder / "config.json").read_text())["format_version"] == 1
+    mf = load_model_folder(folder)
+    assert mf.variants == {} and mf.variant_file(INT8_VARIANT, 0) is None
+    engine = InferenceEngine.from_folder(folder, device="cpu", backend="auto", onnx_cache_dir=onnx_cache)
+    assert engine.backend_name == "onnx"
+    (folder / VARIANTS_FILENAME).write_text('{"format": "something-else"}')
+    with pytest.raises(ModelError, match=r"variants.json: format is 'something-else', expected 'taviseg-model-variants'"):
+        load_model_folder(folder)
+
+
+def test_calibration_data_errors_are_named(tmp_path, onnx_cache):
+    folder = make_model_folder(tmp_path / "m", size=48)
+    with pytest.raises(QuantizationError, match="calibration data: .*not a taviseg data set"):
+        quantize_model_folder(folder, tmp_path / "nowhere", onnx_cache_dir=onnx_cache)
+    with pytest.raises(QuantizationError, match="calibrate_method 'magic'"):
+        QuantizeSettings(calibrate_method="magic")
+
+
+def test_the_sr_records_the_model_variant():
+    import pydicom
+
+    from segmentation.dicom.calibration import calibrate
+    from segmentation.dicom.seg import build_segmentation
+    from segmentation.dicom.sr import build_measurement_report, measure_frames
+    from tests.dicom import derive
+    from tests.dicom.checks import to_bytes
+
+    ds = derive.xa_dataset(derive.cine(2, 40, 48, bits=12), bits_stored=12)
+    del ds.PixelData
+    masks = derive.disc_masks(2, 40, 48)
+    names = {"algorithm_name": "taviseg-test", "algorithm_version": "1"}
+    seg = build_segmentation(ds, masks, frame_numbers=[1, 2], series_number=901,
+                             series_description="AI", **names)
+    sr = build_measurement_report(ds, seg, measure_frames(masks, [1, 2], [0.9, 0.8]), calibration=calibrate(ds),
+                                  series_number=902, series_description="AI", model_variant=INT8_VARIANT, **names)
+    back = pydicom.dcmread(io.BytesIO(to_bytes(sr)))
+
+    def texts(items):
+        for item in items:
+            if "TextValue" in item:
+                yield item.ConceptNameCodeSequence[0].CodeValue, str(item.TextValue)
+            yield from texts(item.get("ContentSequence", []))
+
+    params = [t for code, t in texts(back.ContentSequence) if code == "111002"]  # Algorithm Parameters
+    assert params and set(params) == {"model variant: onnx-int8"}
+    plain = build_measurement_report(ds, seg, measure_frames(masks, [1, 2]), calibration=calibrate(ds),
+                                     series_number=902, series_description="AI", **names)
+    assert "model variant:" not in str(plain)
