@@ -12,6 +12,20 @@ and one line per backend (frames/s and max |p - p_eager|, mask Dice vs eager) on
 
 Default: a randomly initialised MA-Net/EfficientNet-B4 at 512 px on 16 synthetic 1000x1000
 uint8 frames (CPU on 2 cores: about 1-2 min including the one-off ONNX export, not timed).
+
+``--variants``: the CPU variants side by side, in one run on the same frames, for trained
+MA-Net/EfficientNet-B4 and LinkNet/ResNet-18 at 512 px (``--models``): the naive loop, the
+engine with ONNX Runtime fp32 (``onnx``), with the folder's int8 variant (``onnx-int8``, made
+by :mod:`segmentation.inference.quantize` when missing, its accuracy check included), and,
+where the ``openvino`` package is installed, the engine with OpenVINO fp32 and (with ``nncf``)
+OpenVINO int8 backends defined here. Frames: the held-out test patients of the bench's phantom
+cohort (never trained or calibrated on). Weights: a short phantom training per model
+(:mod:`bench.inference_models`, cached under ``--workdir``; first run 20-40 min on 2 busy cores).
+Prints ONE summary line with each variant's frames/s, its ratio to the naive loop, and its
+accuracy: mask Dice against eager fp32 through the same engine (median, worst frame) and the
+change of the mean Dice against the ground truth::
+
+    nice -n 10 .venv/bin/python bench/inference.py --variants [--frames 16 --repeats 3]
 """
 
 from __future__ import annotations
@@ -31,11 +45,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from segmentation.inference.engine import InferenceEngine  # noqa: E402
-from segmentation.inference.preprocess import to_model_input  # noqa: E402
-from segmentation.metrics import dice  # noqa: E402
-from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder  # noqa: E402
-from segmentation.models.zoo import build_model  # noqa: E402
+from segmentation.inference.engine import InferenceEngine
+from segmentation.inference.preprocess import to_model_input
+from segmentation.inference.quantize import (
+    INT8_VARIANT,
+    model_batches,
+    quantize_model_folder,
+)
+from segmentation.metrics import dice
+from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder
+from segmentation.models.zoo import build_model
 
 logger = logging.getLogger("bench.inference")
 
@@ -88,8 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="model folder (default: random init)")
     parser.add_argument("--repeats", type=int, default=2, help="timed passes of naive and engine (best kept)")
     parser.add_argument("--cache-dir", type=Path, help="ONNX cache dir (default: a temporary one)")
+    parser.add_argument("--variants", action="store_true",
+                        help="compare the CPU variants (naive, ONNX fp32/int8, OpenVINO) on trained models")
+    parser.add_argument("--models", default="manet/efficientnet-b4,linknet/resnet18",
+                        help="--variants: ARCH/ENCODER,... (default: MA-Net/EfficientNet-B4 and LinkNet/ResNet-18)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="--variants: phantom and trained models (default runs/bench-inference)")
+    parser.add_argument("--no-openvino", action="store_true", help="--variants: skip OpenVINO even if installed")
+    parser.add_argument("--train-budget-s", type=float, default=720.0,
+                        help="--variants: wall-time budget of each model's phantom training when it is not "
+                             "cached yet (0: use the epochs already run; default 720)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if args.variants:
+        return run_variants(args)
 
     tmp = tempfile.TemporaryDirectory(prefix="taviseg-bench-")
     if args.model is None:
@@ -169,6 +200,187 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} passes)"
     )
     tmp.cleanup()
+    return 0
+
+
+# ---------------------------------------------------------------------------- --variants
+class OpenVinoBackend:
+    """An engine backend on OpenVINO's CPU plugin (bench only: not a product dependency).
+
+    Compiles an ONNX file (fp32) or an OpenVINO model (e.g. NNCF int8) with the LATENCY hint
+    and ``threads`` inference threads; the batch axis stays dynamic.
+    """
+
+    def __init__(self, model, *, threads: int, name: str) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        if isinstance(model, (str, Path)):
+            model = core.read_model(str(model))
+        self.name = name
+        self.compiled = core.compile_model(model, "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads),
+        })
+        self.request = self.compiled.create_infer_request()
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        out = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return np.asarray(next(iter(out.values()))[:, 0], dtype=np.float32)
+
+
+def openvino_int8(fp32_onnx: Path, batches: list[np.ndarray]):
+    """The fp32 ONNX model quantised by NNCF (default preset, calibrated on ``batches``)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_onnx))
+    return nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))  # items are batches
+
+
+def _spread(items: list, n: int) -> list:
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))]
+
+
+def _versions(openvino_on: bool) -> str:
+    import onnxruntime
+
+    parts = [f"torch {torch.__version__}", f"onnxruntime {onnxruntime.__version__}"]
+    if openvino_on:
+        import openvino
+
+        parts.append(f"openvino {openvino.__version__}")
+        try:
+            import nncf
+
+            parts.append(f"nncf {nncf.__version__}")
+        except ImportError:
+            pass
+    return ", ".join(parts)
+
+
+def cpu_flags() -> str:
+    """The SIMD extensions that matter for int8 (from /proc/cpuinfo)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = [f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c")]
+    vnni = "vnni" if any("vnni" in f for f in flags) else "no vnni"
+    return f"{' '.join(wanted) or 'no avx'} ({vnni})"
+
+
+def run_variants(args: argparse.Namespace) -> int:
+    """Naive loop against the engine's CPU variants on trained models; one summary line."""
+    from bench.inference_models import (
+        DEFAULT_WORKDIR,
+        calibration_records,
+        ensure_phantom,
+        ensure_trained,
+        test_records,
+    )
+    from segmentation.inference.backends import cached_onnx_path
+
+    workdir = args.workdir or DEFAULT_WORKDIR
+    cache = args.cache_dir or workdir / "onnx"
+    device = torch.device("cpu")
+    threads = torch.get_num_threads()
+    root = ensure_phantom(workdir)
+    dataset, records = test_records(root)
+    records = _spread(records, args.frames)
+    frames = np.stack([dataset.read_image(r) for r in records])
+    gts = [dataset.read_mask(r) for r in records]
+    ids = [r.frame_id for r in records]
+    openvino_on = False
+    if not args.no_openvino:
+        try:
+            import openvino  # noqa: F401
+
+            openvino_on = True
+        except ImportError:
+            logger.warning("openvino not installed: OpenVINO not measured")
+    parts = []
+    for item in [m for m in args.models.split(",") if m]:
+        arch, encoder = item.split("/")
+        folder = load_model_folder(ensure_trained(workdir, arch, encoder, args.size, budget_s=args.train_budget_s))
+        spec, fold = folder.spec, folder.folds[0]
+        if folder.variant_file(INT8_VARIANT, fold) is None:
+            report, t_q = timed(quantize_model_folder, folder, root, folds=[fold], onnx_cache_dir=cache)
+            print(f"  {arch}/{encoder}: quantised in {t_q:.0f} s; {report.checks[0].describe()}", file=sys.stderr)
+        check = folder.variants[INT8_VARIANT].provenance["calibration"]["folds"][str(fold)]["check"]
+        engines: dict[str, InferenceEngine] = {}
+        setups: dict[str, float] = {}
+        for backend in ("eager", "onnx", INT8_VARIANT):
+            engines[backend], setups[backend] = timed(
+                InferenceEngine.from_folder, folder, device="cpu", backend=backend, batch_size=args.batch,
+                folds=[fold], onnx_cache_dir=cache)
+        if openvino_on:
+            fp32_onnx = cached_onnx_path(folder, fold, cache)
+            ov_backends = {"openvino-fp32": lambda path=fp32_onnx: OpenVinoBackend(
+                path, threads=threads, name="openvino-fp32")}
+            try:
+                import nncf  # noqa: F401
+
+                cal_images = [dataset.read_image(r) for r in _spread(calibration_records(root)[1], 32)]
+                cal_batches = model_batches(folder, cal_images, args.batch)
+                ov_backends["openvino-int8"] = lambda path=fp32_onnx, batches=cal_batches: OpenVinoBackend(
+                    openvino_int8(path, batches), threads=threads, name="openvino-int8")
+            except ImportError:
+                logger.warning("nncf not installed: OpenVINO int8 not measured")
+            for name, make in ov_backends.items():
+                t0 = time.perf_counter()
+                backend = make()
+                engines[name] = InferenceEngine(folder, {fold: backend}, device=device, backend_name=name,
+                                                batch_size=args.batch)
+                setups[name] = time.perf_counter() - t0
+        model = folder.build(fold, device=device)
+        naive_predict(model, frames[:1], spec, device)  # warm-up
+        for eng in engines.values():
+            eng.predict(frames[:args.batch])  # warm-up (ORT arena, OpenVINO first inference)
+        times: dict[str, list[float]] = {name: [] for name in ["naive", *engines]}
+        masks: dict[str, list[np.ndarray]] = {}
+        for rep in range(args.repeats):  # interleaved passes: load changes hit every variant alike
+            times["naive"] += [timed(naive_predict, model, frames[i:i + 1], spec, device)[1]
+                               for i in range(len(frames))]
+            for name, eng in engines.items():
+                got = []
+                for i in range(0, len(frames), args.batch):
+                    pred, t = timed(eng.predict, frames[i:i + args.batch])
+                    times[name].append(t / len(pred))
+                    got.extend(pred.masks)
+                masks[name] = got
+        fps = {name: 1.0 / min(t) for name, t in times.items()}
+        med = {name: 1.0 / float(np.median(t)) for name, t in times.items()}
+        ref = masks["eager"]
+        gt_ref = float(np.mean([dice(m, g) for m, g in zip(ref, gts)]))
+        cells = [f"{arch}/{encoder} naive {fps['naive']:.2f} f/s"]
+        for name in engines:
+            if name == "eager":
+                continue
+            vs = np.asarray([dice(a, b) for a, b in zip(masks[name], ref)])
+            gt = float(np.mean([dice(m, g) for m, g in zip(masks[name], gts)]))
+            w = int(np.argmin(vs))
+            cells.append(f"{name} {fps[name]:.2f} f/s {fps[name] / fps['naive']:.2f}x "
+                         f"(vs fp32 Dice median {np.median(vs):.4f} worst {vs[w]:.4f} {ids[w]}; "
+                         f"GT Dice {gt_ref:.4f} -> {gt:.4f} {gt - gt_ref:+.4f})")
+            print(f"  {arch}/{encoder} {name:<14} best {1000 / fps[name]:.0f} ms/frame, median "
+                  f"{1000 / med[name]:.0f} ms/frame ({med[name] / med['naive']:.2f}x naive by medians), "
+                  f"setup {setups[name]:.1f} s", file=sys.stderr)
+        print(f"  {arch}/{encoder} naive          best {1000 / fps['naive']:.0f} ms/frame, median "
+              f"{1000 / med['naive']:.0f} ms/frame; eager batched engine best {1000 / fps['eager']:.0f} ms/frame",
+              file=sys.stderr)
+        print(f"  {arch}/{encoder} quantiser's check on its own held-out frames: int8 vs fp32 Dice median "
+              f"{check['median_dice_vs_fp32']:.4f}, worst {check['min_dice_vs_fp32']:.4f} ({check['worst_frame']}), "
+              f"GT Dice change {check['dice_change']:+.4f}", file=sys.stderr)
+        parts.append("; ".join(cells))
+        del engines, model
+    print(
+        f"inference CPU variants {args.size}px, {threads} threads, {len(frames)} held-out phantom frames "
+        f"{frames.shape[1]}x{frames.shape[2]}, batch {args.batch}, best of {args.repeats} passes "
+        f"[{_versions(openvino_on)}; cpu {cpu_flags()}]: " + " | ".join(parts)
+    )
     return 0
 
 

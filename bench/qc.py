@@ -43,12 +43,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import training  # noqa: E402,F401  (first: Albumentations' network check off)
-from segmentation.inference.engine import InferenceEngine  # noqa: E402
-from segmentation.qc.assess import QualityAssessor  # noqa: E402
-from segmentation.qc.fit import FAIL_DICE, evaluate_runs, fit_quality_model, runs_of  # noqa: E402
-from segmentation.qc.stress import StressSpec, build_stress_set  # noqa: E402
-from tavidata.format import Dataset  # noqa: E402
+import training  # noqa: F401  (first: Albumentations' network check off)
+from segmentation.inference.engine import InferenceEngine
+from segmentation.qc.assess import QualityAssessor
+from segmentation.qc.fit import FAIL_DICE, evaluate_runs, fit_quality_model, runs_of
+from segmentation.qc.stress import StressSpec, build_stress_set
+from tavidata.format import Dataset
 
 logger = logging.getLogger("bench.qc")
 
@@ -86,7 +86,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Pat
     from tavidata.phantom import generate_cohort, load_phantom_preset
     from tavidata.splits import SPLITS_FILENAME, split_dataset
     from training.config import load_train_config
-    from training.train import train
+    from training.train import load_dataset_splits, train_fold, write_model_folder
 
     base = dataclasses.replace(load_phantom_preset("demo"), size=args.size, spacing_mm=None,
                                patients=args.patients)
@@ -101,11 +101,15 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Pat
     cfg = load_train_config("cpu_demo", overrides={
         "model": {"architecture": "linknet", "encoder": "resnet18", "input_size": args.input_size},
         "epochs": args.epochs, "device": "cpu", "max_train_frames": None, "max_val_frames": 32,
+        "cpu_threads": args.threads,
     })
     model = work / "train" / "model"
     if not (model / "config.json").is_file():
         t0 = time.perf_counter()
-        model = train(cfg, cohort, work / "train", folds=[0], progress=False)
+        dataset = Dataset.load(cohort)
+        splits, sha = load_dataset_splits(dataset)
+        train_fold(cfg, dataset, splits, 0, work / "train", progress=False)  # no QC hook: fitted below
+        model = write_model_folder(cfg, dataset, splits, sha, work / "train")
         logger.info("trained in %.0f s", time.perf_counter() - t0)
     samples = samples_dir()
     stress = {}
@@ -145,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--patients", type=int, default=16, help="patients of the training cohort")
     parser.add_argument("--unseen-patients", type=int, default=6, help="patients of the unseen cohort")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine 2 threads ran 14x slower)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--png", type=Path, default=None, help="risk-coverage PNG (default: workdir/risk_coverage.png)")
     args = parser.parse_args(argv)
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     cohort, unseen, model, stress_fit, stress_test = prepare(args, work)
     engine = InferenceEngine.from_folder(model, device="cpu", backend="eager", batch_size=8, host_threads=0)
     assessor = QualityAssessor(engine=engine, qc=None)
-    qc = fit_quality_model(assessor, cohort, [stress_fit], seed=0, save=True)
+    fit_rows: list[dict] = []
+    qc = fit_quality_model(assessor, cohort, [stress_fit], seed=0, save=True, rows_out=fit_rows)
 
     id_rows = evaluate_runs(assessor, runs_of(Dataset.load(unseen).records))
     stress_rows = evaluate_runs(assessor, runs_of(Dataset.load(stress_test).records))
@@ -209,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         "model": str(model), "png": str(png),
     }
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        def frame(r: dict) -> dict:
+            return {k: v for k, v in r.items() if k != "encoder"}
+
+        result["frames_evaluated"] = [frame(r) for r in rows]
+        result["frames_fit"] = [frame(r) for r in fit_rows]
+        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n", encoding="utf-8")
     print(
         f"qc bench: AUROC (Dice < {FAIL_DICE}) quality {result['auroc_quality']:.3f} vs old confidence "
         f"{result['auroc_old_confidence']:.3f} (n={len(rows)}, {int(fail.sum())} failures); "

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tavicore.config import from_dict, to_dict  # noqa: E402
-from tavidata.phantom import generate_cohort, load_phantom_preset  # noqa: E402
-from tavidata.phantom.config import PhantomConfig  # noqa: E402
+from tavicore.config import from_dict, to_dict
+from tavidata.phantom import generate_cohort, load_phantom_preset
+from tavidata.phantom.config import PhantomConfig
 
 
 def default_fingerprint_dir() -> Path:

@@ -8,7 +8,9 @@ expanded, so a configuration can travel with its state folder. The state folder 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +23,7 @@ OUTPUT_KINDS = ("seg", "sr", "gsps", "sc")
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE VR: no backslash, 16 chars
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*\.$")
+_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 GIB = 1024**3
 
 
@@ -71,10 +74,61 @@ class CallerConfig:
     """A calling AE allowed to associate (optionally only from some hosts)."""
 
     ae_title: str = setting(doc="calling AE title of the peer (case-sensitive, as DICOM)")
-    hosts: tuple[str, ...] = setting((), doc="IP addresses allowed for this AE title (empty: any)")
+    hosts: tuple[str, ...] = setting(
+        (), doc="IP addresses, CIDR networks or host names allowed for this AE title (empty: any)"
+    )
 
     def __post_init__(self) -> None:
         _check_ae_title(self.ae_title, "ae_title")
+        for host in self.hosts:
+            check_host_entry(host, f"allowed_callers {self.ae_title.strip()}: hosts")
+
+
+def check_host_entry(value: str, where: str) -> str:
+    """Validate one ``hosts`` entry: an IP address, a CIDR network or a DNS host name.
+
+    Returns:
+        ``"ip"``, ``"network"`` or ``"name"``.
+
+    Raises:
+        ValueError: none of the three (e.g. ``"not an ip at all"``), naming ``where``.
+    """
+    text = str(value).strip()
+    try:
+        ipaddress.ip_address(text)
+        return "ip"
+    except ValueError:
+        pass
+    if "/" in text:
+        try:
+            ipaddress.ip_network(text, strict=False)
+            return "network"
+        except ValueError as exc:
+            raise ValueError(f"{where}: {value!r} is not a valid CIDR network ({exc})") from None
+    name = text.removesuffix(".")
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels) \
+            or labels[-1].isdigit():
+        raise ValueError(
+            f"{where}: {value!r} is neither an IP address, a CIDR network (10.0.0.0/24) nor a host name"
+        )
+    return "name"
+
+
+def resolve_host_entry(value: str) -> tuple[str, ...]:
+    """The IP addresses a host name resolves to (an IP or a network is returned as it is).
+
+    Raises:
+        ValueError: a name that does not resolve.
+    """
+    kind = check_host_entry(value, "hosts")
+    if kind != "name":
+        return (str(value).strip(),)
+    try:
+        infos = socket.getaddrinfo(str(value).strip(), None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"hosts: {value!r} does not resolve ({exc})") from None
+    return tuple(sorted({str(info[4][0]) for info in infos}))
 
 
 @dataclass(frozen=True)
@@ -108,6 +162,33 @@ class LimitsConfig:
     network_timeout_s: float = setting(60.0, gt=0, doc="idle network timeout")
     acse_timeout_s: float = setting(30.0, gt=0, doc="association negotiation timeout")
     dimse_timeout_s: float = setting(120.0, gt=0, doc="DIMSE message timeout")
+    handshake_timeout_s: float = setting(
+        5.0, gt=0, le=600,
+        doc="time from TCP accept until the whole A-ASSOCIATE-RQ has arrived (TLS handshake included)",
+    )
+    max_control_pdu_bytes: int = setting(
+        65536, ge=1024, le=16 << 20, doc="largest PDU other than P-DATA-TF (A-ASSOCIATE-RQ...) accepted"
+    )
+    max_pending_per_host: int = setting(
+        8, ge=1, le=1024,
+        doc="connections one host may hold before its association is accepted (the oldest is closed)",
+    )
+    max_pending_connections: int = setting(
+        64, ge=1, le=4096, doc="connections before association acceptance, all hosts together"
+    )
+    caller_quota: int = setting(
+        2, ge=1, le=256, doc="associations every calling AE title may hold even when slots are scarce"
+    )
+    reserved_associations: int = setting(
+        2, ge=0, le=256,
+        doc="slots a calling AE above its caller_quota cannot take (kept for the other callers)",
+    )
+    keep_failed_days: float = setting(
+        30.0, ge=0, doc="spool files of failed runs are deleted after this many days (0: kept forever)"
+    )
+    keep_other_days: float = setting(
+        30.0, ge=0, doc="kept non-image objects are deleted from the spool after this many days (0: never)"
+    )
 
 
 @dataclass(frozen=True)
@@ -184,7 +265,7 @@ class NodeConfig:
     ae_title: str = setting("TAVISEG", doc="the node's own (called) AE title")
     bind_address: str = setting("127.0.0.1", doc="listening address (0.0.0.0: all interfaces)")
     port: int = setting(11112, ge=1, le=65535, doc="listening DICOM port")
-    require_called_ae_title: bool = setting(False, doc="reject associations to another AE title")
+    require_called_ae_title: bool = setting(True, doc="reject associations to another AE title")
     allowed_callers: tuple[CallerConfig, ...] = setting((), doc="calling AEs allowed (empty: none)")
     allow_any_caller: bool = setting(False, doc="accept every calling AE title (test benches only)")
     other_objects: Literal["keep", "refuse"] = setting(
@@ -287,5 +368,7 @@ __all__ = [
     "ProcessingConfig",
     "TLSClientConfig",
     "TLSServerConfig",
+    "check_host_entry",
     "load_node_config",
+    "resolve_host_entry",
 ]

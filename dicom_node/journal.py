@@ -80,6 +80,11 @@ CREATE INDEX IF NOT EXISTS outbox_state ON outbox(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS outbox_uid ON outbox(sop_instance_uid, destination);
 """
 
+#: Detail of a ``received`` run whose outputs could not be written (retried with back-off).
+DEFERRED_PREFIX = "waiting for disk space"
+#: Detail of a failed run put back in the queue by ``taviseg requeue``.
+REQUEUED = "requeued"
+
 INSTANCE_STATES = ("received", "processing", "done", "failed", "skipped", "superseded", "kept")
 OUTBOX_STATES = ("pending", "delivered", "failed", "superseded")
 
@@ -364,6 +369,67 @@ class Journal:
                 [(time.time(), f"interrupted {max_attempts} times while processing", i) for i in failed],
             )
         return requeued, failed
+
+    def defer(self, instance_id: int, detail: str) -> bool:
+        """A ``processing`` run goes back to ``received`` to be retried later (its outputs could
+        not be written: disk full). Not counted as an interruption. False when not processing."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE instances SET state='received', attempts=MAX(attempts-1, 0), started_at=NULL,"
+                " detail=? WHERE id=? AND state='processing'",
+                (detail[:2000], instance_id),
+            )
+            return cur.rowcount == 1
+
+    def deferred(self, limit: int = 100) -> list[InstanceRow]:
+        """Runs waiting to be retried (``received`` with the reason of the last try), newest first."""
+        rows = self._query(
+            "SELECT * FROM instances WHERE state='received' AND detail LIKE ? ORDER BY id DESC LIMIT ?",
+            (DEFERRED_PREFIX + "%", limit),
+        )
+        return [InstanceRow(**dict(r)) for r in rows]
+
+    def requeue(self, *, sop_instance_uids: Iterable[str] | None = None) -> tuple[list[InstanceRow], list[InstanceRow]]:
+        """Failed runs back to ``received`` (processed again by the node); all failed runs when
+        ``sop_instance_uids`` is None.
+
+        Returns:
+            (rows requeued, failed rows that cannot be: their spool file was already deleted).
+        """
+        where, params = "state='failed' AND kind='image'", ()
+        if sop_instance_uids is not None:
+            uids = tuple(sop_instance_uids)
+            if not uids:
+                return [], []
+            where += f" AND sop_instance_uid IN ({','.join('?' * len(uids))})"
+            params = uids
+        with self._tx() as db:
+            rows = [InstanceRow(**dict(r)) for r in db.execute(f"SELECT * FROM instances WHERE {where} ORDER BY id",
+                                                                params).fetchall()]
+            ok = [r for r in rows if r.file]
+            db.executemany(
+                "UPDATE instances SET state='received', attempts=0, started_at=NULL, finished_at=NULL,"
+                " detail=? WHERE id=? AND state='failed'",
+                [(REQUEUED, r.id) for r in ok],
+            )
+        return ok, [r for r in rows if not r.file]
+
+    def expired_spool_files(self, state: str, before: float) -> list[tuple[int, str]]:
+        """(id, spool file) of ``state`` rows (``failed``, ``kept``) finished or received before
+        ``before`` whose file still exists (retention)."""
+        if state not in ("failed", "kept"):
+            raise JournalError(f"expired_spool_files: state {state!r}; allowed failed, kept")
+        rows = self._query(
+            "SELECT id, file FROM instances WHERE state=? AND file != ''"
+            " AND COALESCE(finished_at, received_at) < ?",
+            (state, before),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def requeued_ids(self) -> list[int]:
+        """Ids of runs :meth:`requeue` put back that no worker has claimed yet, oldest first."""
+        return [r[0] for r in self._query(
+            "SELECT id FROM instances WHERE state='received' AND detail=? ORDER BY id", (REQUEUED,))]
 
     def received_ids(self) -> list[int]:
         """Ids of instances waiting for processing, oldest first."""

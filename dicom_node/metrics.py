@@ -5,7 +5,9 @@ several nodes or tests in one process do not collide. Counters and histograms ar
 prometheus_client's; callers use its API (``m.received.labels(kind="image").inc()``,
 ``m.store_seconds.observe(s)``). Gauges whose values come from the journal are read at scrape
 time by :meth:`NodeMetrics.gauge`. ``GET /metrics`` answers the text exposition format 0.0.4
-(``generate_latest``); ``GET /healthz`` answers ``ok``.
+(``generate_latest``); ``GET /healthz`` answers ``ok`` (200), or ``degraded: <reasons>`` (503)
+while the node's health callback reports a problem (no association slot free, the spool disk
+under its free-space floor, outputs waiting for disk space).
 """
 
 from __future__ import annotations
@@ -97,6 +99,13 @@ class NodeMetrics:
             )
 
         self.associations = counter("associations", "associations requested, by result", ("result",))
+        self.rejections = counter(
+            "rejections",
+            "connections and associations refused, by reason (calling-ae, host, called-ae, local-limit, "
+            "caller-quota, tls-handshake, handshake-timeout, pending-evicted, pdu-too-large, "
+            "data-before-association)",
+            ("reason",),
+        )
         self.received = counter("received", "instances answered Success, by kind", ("kind",))
         self.refused = counter("refused", "C-STORE requests answered with a failure, by status", ("status",))
         self.received_bytes = counter("received_bytes", "bytes of instances stored")
@@ -138,24 +147,32 @@ class MetricsServer:
     Args:
         registry: What to serve.
         address: (host, port) to bind (port 0: any free port, see :attr:`port`).
+        health: Returns the node's current problems (empty: healthy) for ``/healthz``.
 
     Raises:
         OSError: the address cannot be bound.
     """
 
-    def __init__(self, registry: CollectorRegistry, address: tuple[str, int]) -> None:
+    def __init__(self, registry: CollectorRegistry, address: tuple[str, int],
+                 health: Callable[[], list[str]] | None = None) -> None:
         reg = registry
+        check = health or (list)
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 if self.path.split("?")[0] == "/metrics":
                     body, ctype = render(reg), CONTENT_TYPE_PLAIN_0_0_4
                 elif self.path == "/healthz":
-                    body, ctype = b"ok\n", "text/plain"
+                    try:
+                        problems = check()
+                    except Exception as exc:  # noqa: BLE001 (a failing check is a problem, not a crash)
+                        problems = [f"health check failed: {type(exc).__name__}"]
+                    text = "ok" if not problems else "degraded: " + "; ".join(problems)
+                    body, ctype, code = (text + "\n").encode(), "text/plain", 503 if problems else 200
                 else:
                     self.send_error(404, "try /metrics")
                     return
-                self.send_response(200)
+                self.send_response(code if self.path == "/healthz" else 200)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -26,6 +26,11 @@ from tavicore.fileio import fsync_dir, fsync_file
 logger = logging.getLogger(__name__)
 
 
+class OutputWriteDeferred(StorageError):
+    """An output file could not be written because of the disk (full, quota, I/O error): the run
+    is retried later, never failed for it (see :meth:`Outbox.write`)."""
+
+
 class Outbox:
     """Output files under ``root`` and their journal rows.
 
@@ -71,7 +76,9 @@ class Outbox:
         """Write output objects durably; return their rows (one per destination) to commit.
 
         Raises:
-            StorageError: a file cannot be written.
+            OutputWriteDeferred: the disk refused a file (full, quota, I/O error): files written
+                so far are removed and the run is retried later.
+            StorageError: an object cannot be encoded.
         """
         rows: list[NewOutput] = []
         written: list[Path] = []
@@ -89,7 +96,12 @@ class Outbox:
                     ))
             if written:
                 fsync_dir(self.root)
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
+        except OSError as exc:  # the disk, not the object: retried when space returns
+            self.discard([p.name for p in written])
+            raise OutputWriteDeferred(
+                f"cannot write an output object to {self.root}: {exc.strerror or exc}"
+            ) from exc
+        except (ValueError, TypeError, AttributeError) as exc:
             self.discard([p.name for p in written])
             raise StorageError(f"cannot write an output object to {self.root}: {exc}") from exc
         return rows

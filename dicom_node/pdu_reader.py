@@ -24,12 +24,21 @@ most one piece more than the bytes the peer really sends.
 
 Only the pynetdicom versions it was written against (:data:`SUPPORTED_VERSIONS`) get it; on any
 other the node logs once and keeps pynetdicom's reader.
+
+Hostile peers: a PDU other than P-DATA-TF (an A-ASSOCIATE-RQ, a release or abort) longer than
+``max_control_bytes`` (``limits.max_control_pdu_bytes``, 64 KiB by default) and a P-DATA-TF
+before the association was accepted are refused from their 6-byte header, before any body is
+read: the connection is closed at once (:class:`PduRefused`), so an unauthenticated peer
+declaring 4 GB costs nothing. With ``limits.fast_pdu_reader: false`` the node still reads
+PDUs here (with these checks) but decodes every one with pynetdicom's decoder.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import re
+import socket
 import struct
 from collections.abc import Callable
 
@@ -56,8 +65,22 @@ P_DATA_TF_TYPE = 0x04
 EVT_P_DATA_TF = "Evt10"
 
 _HEADER = struct.Struct(">BBL")
+#: A received value quoted in a decoder's error message (never logged: it is the peer's text).
+_QUOTED = re.compile(r"'.*'", re.DOTALL)
 _PDV_HEADER = struct.Struct(">LB")  # item length, presentation context ID
 _DUL_METHODS = ("_read_pdu_data", "_decode_pdu")
+
+
+class PduRefused(ValueError):
+    """A PDU refused from its header alone (too long for its type, or P-DATA-TF too early).
+
+    Attributes:
+        reason: Short metric label (``pdu-too-large``, ``data-before-association``).
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConnectionClosed(Exception):
@@ -93,11 +116,17 @@ def _recv_exactly(sock, view: memoryview, what: str = "bytes", before: int = 0) 
         got += n
 
 
-def read_pdu(sock) -> bytearray:
+def read_pdu(sock, max_control_bytes: int | None = None, data_allowed: bool = True) -> bytearray:
     """One whole PDU (header and body) from ``sock``.
+
+    Args:
+        sock: The connection.
+        max_control_bytes: Longest body accepted for a PDU other than P-DATA-TF (None: any).
+        data_allowed: False refuses a P-DATA-TF (the association is not accepted yet).
 
     Raises:
         ConnectionClosed: the connection closed before the PDU was complete.
+        PduRefused: refused from its header (``max_control_bytes``, ``data_allowed``).
         ValueError: the PDU type is not one of PS3.8 (``PDU_TYPES``).
         OSError, TimeoutError: the socket failed or timed out.
     """
@@ -106,6 +135,13 @@ def read_pdu(sock) -> bytearray:
     pdu_type, _, length = _HEADER.unpack(header)
     if pdu_type not in PDU_TYPES:
         raise ValueError(f"unknown PDU type 0x{pdu_type:02X}")
+    if pdu_type == P_DATA_TF_TYPE:
+        if not data_allowed:
+            raise PduRefused(f"P-DATA-TF PDU ({length} bytes declared) before the association was accepted",
+                             "data-before-association")
+    elif max_control_bytes is not None and length > max_control_bytes:
+        raise PduRefused(f"PDU of type 0x{pdu_type:02X} declares {length} bytes, more than "
+                         f"limits.max_control_pdu_bytes={max_control_bytes}", "pdu-too-large")
     if length <= PREALLOCATE_LIMIT:
         pdu = bytearray(_HEADER.size + length)
         pdu[: _HEADER.size] = header
@@ -150,10 +186,11 @@ def decode_p_data(pdu: bytearray) -> P_DATA_TF:
     return decoded
 
 
-def _decode(dul: DULServiceProvider, data: bytearray) -> tuple[object, str]:
-    """(PDU, state-machine event) for ``data``, with pynetdicom's two receive events."""
-    if data[0] != P_DATA_TF_TYPE:
-        return dul._decode_pdu(data)
+def _decode(dul: DULServiceProvider, data: bytearray, fast: bool = True) -> tuple[object, str]:
+    """(PDU, state-machine event) for ``data``, with pynetdicom's two receive events
+    (``fast`` False: every PDU by pynetdicom's own decoder)."""
+    if data[0] != P_DATA_TF_TYPE or not fast:
+        return dul._decode_pdu(bytes(data) if data[0] == P_DATA_TF_TYPE else data)
     if dul.assoc.get_handlers(evt.EVT_DATA_RECV):
         evt.trigger(dul.assoc, evt.EVT_DATA_RECV, {"data": bytes(data)})
     pdu = decode_p_data(data)
@@ -161,14 +198,44 @@ def _decode(dul: DULServiceProvider, data: bytearray) -> tuple[object, str]:
     return pdu, EVT_P_DATA_TF
 
 
-def _read_pdu_data(dul: DULServiceProvider, on_bytes: Callable[[int], None] | None = None) -> None:
+def _read_pdu_data(dul: DULServiceProvider, on_bytes: Callable[[int], None] | None = None,
+                   max_control_bytes: int | None = None,
+                   on_refused: Callable[[str, str], None] | None = None,
+                   on_request: Callable[[int], None] | None = None) -> None:
     """Drop-in for ``DULServiceProvider._read_pdu_data`` (bound to one association's DUL);
-    ``on_bytes`` is told each PDU's size."""
+    ``on_bytes`` is told each PDU's size, ``on_refused`` (reason, peer address) each PDU refused
+    from its header (the connection is then closed), ``on_request`` the socket's file
+    descriptor after each whole PDU read before the association is accepted."""
+    _read(dul, on_bytes, max_control_bytes, on_refused, True, on_request)
+
+
+def _read_pdu_checked(dul: DULServiceProvider, max_control_bytes: int | None = None,
+                      on_refused: Callable[[str, str], None] | None = None,
+                      on_request: Callable[[int], None] | None = None) -> None:
+    """The header checks of :func:`_read_pdu_data` with pynetdicom's decoder for every PDU
+    (``limits.fast_pdu_reader: false``)."""
+    _read(dul, None, max_control_bytes, on_refused, False, on_request)
+
+
+def _read(dul: DULServiceProvider, on_bytes: Callable[[int], None] | None,
+          max_control_bytes: int | None, on_refused: Callable[[str, str], None] | None, fast: bool,
+          on_request: Callable[[int], None] | None = None) -> None:
+    sock = None
     try:
         sock = dul.socket.socket
         if sock is None:
             raise ConnectionClosed("the socket is closed", 1)
-        data = read_pdu(sock)
+        data = read_pdu(sock, max_control_bytes, data_allowed=bool(dul.assoc.is_established))
+    except PduRefused as exc:
+        logger.warning("association from %s: %s; connection closed", _peer(dul), exc)
+        if on_refused is not None:
+            on_refused(exc.reason, _peer(dul))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        dul.event_queue.put(EVT_CONNECTION_CLOSED)
+        return
     except ValueError as exc:
         logger.error("association from %s: %s", _peer(dul), exc)
         dul.event_queue.put(EVT_INVALID_PDU)
@@ -187,11 +254,13 @@ def _read_pdu_data(dul: DULServiceProvider, on_bytes: Callable[[int], None] | No
         return
     if on_bytes is not None:
         on_bytes(len(data))
+    if on_request is not None and not dul.assoc.is_established:
+        on_request(sock.fileno())  # a whole PDU before acceptance: the peer is not stalling
     try:
-        pdu, event = _decode(dul, data)
+        pdu, event = _decode(dul, data, fast)
     except Exception as exc:  # pynetdicom's reader also turns any decoding failure into Evt19
         logger.error("association from %s: undecodable PDU of type 0x%02X (%s: %s)",
-                     _peer(dul), data[0], type(exc).__name__, exc)
+                     _peer(dul), data[0], type(exc).__name__, _QUOTED.sub("<withheld>", str(exc))[:200])
         dul.event_queue.put(EVT_INVALID_PDU)
         return
     dul.event_queue.put(event)
@@ -214,15 +283,28 @@ class FastPduReader:
             what ``EVT_DATA_RECV`` tells, without making the PDU ``bytes`` for it.
     """
 
-    def __init__(self, enabled: bool = True, on_bytes: Callable[[int], None] | None = None) -> None:
+    def __init__(self, enabled: bool = True, on_bytes: Callable[[int], None] | None = None, *,
+                 max_control_bytes: int | None = None,
+                 on_refused: Callable[[str, str], None] | None = None,
+                 on_request: Callable[[int], None] | None = None) -> None:
         self.on_bytes = on_bytes
-        self.active = bool(enabled) and is_supported()
-        if enabled and not self.active:
+        self.on_request = on_request
+        self.max_control_bytes = max_control_bytes
+        self.on_refused = on_refused
+        supported = is_supported()
+        self.active = bool(enabled) and supported
+        #: The checks of ``max_control_bytes`` apply (with pynetdicom's decoder when not ``active``).
+        self.guarding = supported and max_control_bytes is not None
+        if not supported:
             logger.warning("pynetdicom %s is not one of %s: using its own PDU reader",
                            pynetdicom.__version__, ", ".join(SUPPORTED_VERSIONS))
 
     def on_conn_open(self, event: Event) -> None:
         """Bind the reader to the association's DUL (before its reactor thread starts)."""
+        dul = event.assoc.dul
         if self.active:
-            dul = event.assoc.dul
-            dul._read_pdu_data = functools.partial(_read_pdu_data, dul, self.on_bytes)
+            dul._read_pdu_data = functools.partial(
+                _read_pdu_data, dul, self.on_bytes, self.max_control_bytes, self.on_refused, self.on_request)
+        elif self.guarding:
+            dul._read_pdu_data = functools.partial(
+                _read_pdu_checked, dul, self.max_control_bytes, self.on_refused, self.on_request)

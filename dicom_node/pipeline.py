@@ -137,8 +137,10 @@ class ModelPipeline:
     def __init__(self, cfg: ProcessingConfig, *, onnx_cache_dir: Path | None = None) -> None:
         if cfg.model_folder is None:
             raise NodeConfigError(
-                "processing.model_folder is not set: point it at a model folder "
-                "(config.json + fold_<k>.safetensors, written by training or `taviseg model`)"
+                "processing.model_folder is not set: point it at a model folder (config.json + "
+                "fold_<k>.safetensors). To get one: `taviseg demo` trains one into runs/demo/train/model, "
+                "`taviseg train` into <out>/model, `taviseg model import` converts released checkpoints; "
+                "then set processing.model_folder in the file or pass --set processing.model_folder=PATH"
             )
         from segmentation.errors import SegmentationError
         from segmentation.inference.engine import InferenceEngine
@@ -261,6 +263,7 @@ class ModelPipeline:
                 algorithm_version=self.version,
                 series_number=self.cfg.series_number + SERIES_OFFSETS["sr"],
                 series_description="AI aortic root measurements",
+                model_variant=self.engine.backend_name,
                 **uids("sr"),
             )
             outputs.append(OutputObject("sr", sr))

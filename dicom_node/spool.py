@@ -172,7 +172,8 @@ class Spool:
         header = _read_header(tmp)
         kind = "image" if is_image_sop_class(cmd_class) else "other"
         if kind == "other" and not self.keep_other:
-            raise InstanceRejected(f"SOP class {cmd_class} is not accepted (other_objects: refuse)", 0x0122)
+            shown = cmd_class if is_valid_uid(cmd_class) else "<invalid UID>"  # never echo a received value
+            raise InstanceRejected(f"SOP class {shown} is not accepted (other_objects: refuse)", 0x0122)
         values = _check_header(header, cmd_class, cmd_instance, kind)
         frames = values["frames"]
         if values["pixels"] > self.limits.max_frame_pixels:

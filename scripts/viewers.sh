@@ -59,4 +59,9 @@ ln -sfn "$OHIF_VERSION" .cache/ohif/current
 for plugin in libOrthancDicomWeb.so libOrthancWebViewer.so; do
     [[ -e /usr/share/orthanc/plugins/$plugin ]] || fail "Orthanc plugin $plugin not found"
 done
-echo "viewers: ready in $(( $(date +%s) - start )) s (OHIF $OHIF_VERSION, playwright $PLAYWRIGHT_VERSION)"
+deb_mb=$(dpkg-query -W -f='${Installed-Size}\n' "${DEB_PACKAGES[@]}" chromium-common 2>/dev/null \
+    | awk '{s += $1} END {print int(s / 1024)}')
+pw_dir=$(.venv/bin/python -c "import playwright, os; print(os.path.dirname(playwright.__file__))")
+echo "viewers: ready in $(( $(date +%s) - start )) s (OHIF $OHIF_VERSION, playwright $PLAYWRIGHT_VERSION);" \
+     "disk: OHIF $(du -sh "$OHIF_DIR" | cut -f1), playwright $(du -sh "$pw_dir" | cut -f1)," \
+     "Debian packages ${deb_mb} MB (${DEB_PACKAGES[*]} chromium-common)"

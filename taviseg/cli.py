@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "qc": "qc",
     "serve": "serve",
     "status": "status",
+    "requeue": "requeue",
     "train": "train",
     "tune": "tune",
     "evaluate": "evaluate",

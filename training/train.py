@@ -599,4 +599,8 @@ def train(
     write_json_atomic(out_dir / "train_config.json", to_dict(cfg))
     for fold in chosen:
         train_fold(cfg, dataset, splits, fold, out_dir, progress=progress)
-    return write_model_folder(cfg, dataset, splits, splits_sha, out_dir)
+    model = write_model_folder(cfg, dataset, splits, splits_sha, out_dir)
+    from segmentation.qc.fit import fit_after_training  # per-frame QC data (docs/qc.md); fail-soft
+
+    fit_after_training(model, dataset_root, out_dir / "qc-stress", device=cfg.device)
+    return model

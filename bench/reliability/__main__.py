@@ -15,6 +15,7 @@ import pydicom
 import pydicom.config
 
 from bench import reliability
+from bench.reliability import hostile
 from bench.reliability.bad_input import scenario_bad
 from bench.reliability.crash import scenario_crash
 from bench.reliability.harness import Bench, BenchError, logger
@@ -22,11 +23,11 @@ from bench.reliability.load import scenario_load
 from bench.reliability.outage import scenario_outage
 from testkit.orthanc import OrthancError
 
-SCENARIOS = ("bad", "crash", "outage", "load")
+SCENARIOS = ("bad", "crash", "outage", "load", *hostile.HOSTILE_SCENARIOS)
 QUICK = {"mutants": 40, "crash_runs": 12, "kills": 4, "outage_runs": 6, "outage_s": 2.0,
-         "senders": 4, "runs_per_sender": 3, "load_processor": "fake"}
+         "senders": 4, "runs_per_sender": 3, "load_processor": "fake", **hostile.QUICK}
 FULL = {"mutants": 520, "crash_runs": 50, "kills": 15, "outage_runs": 20, "outage_s": 10.0,
-        "senders": 8, "runs_per_sender": 10, "load_processor": "model"}
+        "senders": 8, "runs_per_sender": 10, "load_processor": "model", **hostile.FULL}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -52,6 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs-per-sender", type=int, help=f"load: runs per sender (default {FULL['runs_per_sender']})")
     parser.add_argument("--load-processor", choices=("model", "fake"),
                         help="load: processor (default model; fake with --quick)")
+    hostile.add_arguments(parser)
     parser.add_argument("--drain-timeout", type=float, default=900.0, help="longest wait for the node to finish its work")
     parser.add_argument("--node-memory-limit-gib", type=float, default=12.0,
                         help="address-space cap of the node process (0: none), protects a shared machine")
@@ -63,6 +65,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if "hostile" in args.only:  # every hostile-peer and full-disk scenario
+        i = args.only.index("hostile")
+        args.only[i:i + 1] = [s for s in hostile.HOSTILE_SCENARIOS if s not in args.only]
     unknown = [s for s in args.only if s not in SCENARIOS]
     if unknown:
         parser.error(f"--only: unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
@@ -90,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.warning("Orthanc is not installed: crash and load use a folder destination, outage is skipped")
     if bench.storescu is None:
         logger.warning("dcmtk storescu not found: samples and load are sent with pynetdicom")
-    functions = {"bad": scenario_bad, "crash": scenario_crash, "outage": scenario_outage, "load": scenario_load}
+    functions = {"bad": scenario_bad, "crash": scenario_crash, "outage": scenario_outage, "load": scenario_load,
+                 **hostile.SCENARIO_FUNCTIONS}
     all_ok = True
     try:
         for name in args.only:

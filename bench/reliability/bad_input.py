@@ -235,7 +235,7 @@ def _judge_bad(bench: Bench, records: list[SendRecord], state: Path, crashes: in
         f"{not_sendable} not sendable; expected status {as_predicted} of {len(predicted)} (the sends whose status "
         f"follows from what was broken: samples, pixel data, header values the node checks, unreadable data sets), "
         f"acceptable answer {correct} of {len(sendable)} (Success the journal finishes, or a PS3.4 refusal; any "
-        f"status allowed for the {len(sendable) - len(predicted)} random-byte damages), {wrong} wrong answers "
+        f"status allowed for the {len(sendable) - len(predicted)} whose damage does not decide it), {wrong} wrong answers "
         f"({no_answer} without an answer, {stuck} stuck), {crashes} crashes, {echo_text}; "
         f"{statuses['0x0000']} Success ({finals_text or 'none'}; {died} failed because the run killed the "
         f"processing process, {unexpected} unexpected-error failures), "
@@ -243,8 +243,8 @@ def _judge_bad(bench: Bench, records: list[SendRecord], state: Path, crashes: in
         f"{processor.describe()}, node peak RSS {peak_kib / 1024**2:.2f} GiB (node + processing processes), "
         f"{fmt_s(elapsed)}"
     )
-    ok = (correct == len(sendable) and as_predicted == len(predicted) and crashes == 0 and echo_fail == 0 and mutants_sent >= min(500, bench.args.mutants)
-          and not leftovers)
+    ok = (correct == len(sendable) and as_predicted == len(predicted) and crashes == 0 and echo_fail == 0
+          and mutants_sent >= min(500, bench.args.mutants) and not leftovers)
     if mutants_sent < min(500, bench.args.mutants):
         logger.error("only %d mutants were sent (%d not sendable)", mutants_sent, not_sendable)
     logger.info("per-send table: %s", table)

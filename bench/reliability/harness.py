@@ -367,6 +367,11 @@ def store_bytes(port: int, data: bytes, scratch: Path, *, fallback: tuple[str, s
         carrier.TransferSyntaxUID = ts
         path.write_bytes(part10_bytes(carrier, body))
     attempt = StoreAttempt(mode, sop_uid=sop_uid)
+    if not (sop_class.isascii() and ts.isascii()):
+        # pynetdicom fails to encode the A-ASSOCIATE-RQ in its own thread (UnicodeEncodeError) and
+        # reports "association not established": the SCU cannot send this, the node never sees it
+        attempt.outcome, attempt.detail = "not-sendable", f"non-ASCII UID in the context: {sop_class!r} / {ts!r}"
+        return attempt
     try:
         assoc = associate(port, [(sop_class, [ts])], calling=calling)
     except (ValueError, TypeError, AttributeError) as exc:

@@ -15,11 +15,17 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from dicom_node.errors import JournalError, NodeError, NotSegmentable, ProcessingError, StorageError
+from dicom_node.errors import (
+    JournalError,
+    NodeError,
+    NotSegmentable,
+    ProcessingError,
+    StorageError,
+)
 from dicom_node.isolation import ProcessingInterrupted
-from dicom_node.journal import InstanceRow, Journal
+from dicom_node.journal import DEFERRED_PREFIX, InstanceRow, Journal
 from dicom_node.metrics import NodeMetrics
-from dicom_node.outbox import Outbox
+from dicom_node.outbox import Outbox, OutputWriteDeferred
 from dicom_node.pipeline import RunProcessor
 from dicom_node.spool import Spool, StoredInstance
 from tavicore.errors import TavisegError
@@ -65,6 +71,7 @@ class WorkerPool:
         *,
         keep_processed: bool = False,
         on_outputs: Callable[[], None] = lambda: None,
+        on_deferred: Callable[[int], None] = lambda instance_id: None,
     ) -> None:
         if not processors:
             raise NodeError("worker pool: at least one processor is needed")
@@ -74,6 +81,7 @@ class WorkerPool:
         self.metrics = metrics
         self.keep_processed = keep_processed
         self.on_outputs = on_outputs
+        self.on_deferred = on_deferred  # a run whose outputs could not be written: retry it later
         self._queue: queue.Queue[int] = queue.Queue()
         self._stop = threading.Event()
         self._busy = 0
@@ -163,6 +171,11 @@ class WorkerPool:
             logger.warning("instance #%d: processing interrupted by the shutdown; processed again at the next start",
                            row.id)
             return None
+        except OutputWriteDeferred as exc:
+            self.journal.defer(row.id, f"{DEFERRED_PREFIX}: {exc}")
+            logger.warning("instance #%d %s: outputs not written, retried later: %s", row.id, row.sop_instance_uid, exc)
+            self.on_deferred(row.id)
+            return "deferred"
         except NotSegmentable as exc:
             state, detail = "skipped", str(exc)
         except (ProcessingError, StorageError) as exc:

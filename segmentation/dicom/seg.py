@@ -24,7 +24,8 @@ source highdicom treats as multi-frame:
 
 With ``image_plane_groups=True`` (off by default) step 3 keeps, in the shared functional
 groups, a Plane Orientation item with the identity cosines (1,0,0,0,1,0) and a Pixel Measures
-item (PixelSpacing only when the source is calibrated in the patient, at the isocentre): no
+item (PixelSpacing: the run's calibrated spacing, the one the SR's mm values use; a nominal
+SliceThickness of 1 mm, which highdicom's reader requires), for calibrated sources only: no
 Frame of Reference is written, the SEG stays aligned pixel for pixel with its source frames.
 OHIF v3 (cornerstone3D's SEG adapter) refuses a SEG without both items (it reads
 ``PixelMeasuresSequence`` and ``PlaneOrientationSequence.ImageOrientationPatient`` and
@@ -129,17 +130,20 @@ _TEMPORARY_GROUPS = ("PlaneOrientationSequence", "PixelMeasuresSequence", "Plane
 
 
 def _image_plane_groups(shared: Dataset, header: Dataset) -> None:
-    """Identity Plane Orientation and the patient-plane Pixel Measures (see module doc)."""
-    from segmentation.dicom.calibration import CalibrationSource, calibrate  # noqa: PLC0415
+    """Identity Plane Orientation and Pixel Measures of a calibrated source (see module doc)."""
+    from segmentation.dicom.calibration import calibrate  # noqa: PLC0415
 
+    calibration = calibrate(header, number_of_frames=source_frame_count(header) or 1)
+    if calibration.spacing_mm is None:
+        logger.warning("SEG of uncalibrated %s: no image plane groups (no pixel spacing to state)",
+                       header.get("SOPInstanceUID", "?"))
+        return
     orientation = Dataset()
     orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     shared.PlaneOrientationSequence = [orientation]
     measures = Dataset()
-    calibration = calibrate(header, number_of_frames=source_frame_count(header) or 1)
-    if calibration.spacing_mm is not None and not calibration.detector_plane \
-            and calibration.source is not CalibrationSource.CONFIGURED_DEFAULT:
-        measures.PixelSpacing = [round(float(v), 6) for v in calibration.spacing_mm]
+    measures.PixelSpacing = [round(float(v), 6) for v in calibration.spacing_mm]
+    measures.SliceThickness = 1  # nominal: highdicom's reader requires it; no volume is implied
     shared.PixelMeasuresSequence = [measures]
 
 

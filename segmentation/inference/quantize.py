@@ -35,7 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +60,7 @@ class QuantizationError(InferenceError):
 class AccuracyCheckError(QuantizationError):
     """The int8 model failed the accuracy check; nothing was written. ``report`` holds the figures."""
 
-    def __init__(self, message: str, report: "QuantizeReport") -> None:
+    def __init__(self, message: str, report: QuantizeReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -226,11 +226,23 @@ def _read(records: Sequence[FrameRecord]) -> tuple[list[np.ndarray], list[np.nda
 
 # ---------------------------------------------------------------------------- quantisation
 class _Batches:
-    """An ``onnxruntime.quantization.CalibrationDataReader``: preprocessed batches, once."""
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over preprocessed batches.
+
+    It has ``len`` and ``set_range`` so that ``quantize_static`` with ``CalibStridedMinMax``
+    collects one batch at a time and merges the ranges: the calibration model's outputs (every
+    intermediate tensor) are then held for one batch only, not for all of them at once.
+    """
 
     def __init__(self, input_name: str, batches: list[np.ndarray]) -> None:
         self.input_name = input_name
+        self.batches = batches
         self._it: Iterator[np.ndarray] = iter(batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self.batches[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._it, None)
@@ -276,7 +288,12 @@ def quantize_onnx(
     Raises:
         QuantizationError: ONNX Runtime's pre-processing or quantisation failed.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -297,7 +314,7 @@ def quantize_onnx(
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=methods[settings.calibrate_method], nodes_to_exclude=exclude,
-            extra_options={"CalibMaxIntermediateOutputs": 2},
+            extra_options={"CalibStridedMinMax": 1},  # one batch at a time, ranges merged
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph and plain errors
         raise QuantizationError(f"{fp32_path}: quantize_static failed: {type(exc).__name__}: {exc}") from exc
@@ -413,7 +430,7 @@ def quantize_model_folder(
             work.mkdir()
             out = work / "int8.onnx"
             t_fold = time.perf_counter()
-            done = quantize_onnx(fp32_path, out, model_batches(mf, cal_images, settings.batch_size), settings, work)
+            done = quantize_onnx(fp32_path, out, model_batches(mf, cal_images, 1), settings, work)
             t_quant = time.perf_counter() - t_fold
             check = check_fold(mf, fold, out, check_images, check_masks, [r.frame_id for r in held_out], settings)
             logger.info("%s (quantised in %.0f s)", check.describe(), t_quant)
@@ -441,7 +458,7 @@ def quantize_model_folder(
         "calibration": calibration_info,
         "settings": dataclasses.asdict(settings),
         "versions": versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     variant = save_variant(mf, INT8_VARIANT, outputs, provenance=provenance)
     report.files = {fold: mf.path / name for fold, name in variant.files.items()}

@@ -160,7 +160,7 @@ class ModelVariant:
         }
 
     @classmethod
-    def from_json_dict(cls, name: str, data: Any, *, source: str) -> "ModelVariant":
+    def from_json_dict(cls, name: str, data: Any, *, source: str) -> ModelVariant:
         """Parse one ``variants.json`` entry.
 
         Raises:

@@ -11,7 +11,7 @@ its folder's :class:`~segmentation.qc.store.QualityModel`. For a run (a sequence
    neighbouring frames (:mod:`.temporal`), the old confidence, and the encoder features'
    Mahalanobis distance to the training frames (:mod:`.ood`);
 3. turns the features into P(frame Dice >= 0.8) with the calibrator, flags frames below the
-   folder's ``flag_below``, and applies the "no root here" gate: a frame far out of
+   folder's ``flag_below`` or beyond the fitted feature range (``ood_flag``), and applies the "no root here" gate: a frame far out of
    distribution, with an implausible predicted area or an outlined region no darker than its
    surroundings gets an empty mask and the reason.
 
@@ -32,7 +32,6 @@ from segmentation.inference.confidence import frame_confidence
 from segmentation.inference.postprocess import postprocess_mask, threshold_mask
 from segmentation.inference.preprocess import (
     FrameInput,
-    Geometry,
     as_frame_list,
     crop_padding,
     restore_probabilities,
@@ -107,13 +106,23 @@ class QualityAssessor:
     _encoder: EncoderFeatures | None = field(default=None, repr=False)
 
     @classmethod
-    def from_engine(cls, engine) -> "QualityAssessor":
+    def from_engine(cls, engine) -> QualityAssessor:
         """The assessor of ``engine`` with its folder's QC data (None, logged once, when absent).
+
+        QC data fitted for other weights (``provenance.weights_sha256``, e.g. a model retrained
+        into the same folder) are not used: logged as an error, quality "not available".
 
         Raises:
             ModelError: the folder's QC data are invalid.
         """
-        return cls(engine=engine, qc=load_quality_model(engine.folder.path))
+        qc = load_quality_model(engine.folder.path)
+        fitted = (qc.provenance.get("weights_sha256") or {}) if qc is not None else {}
+        stale = [k for k in engine.folds if str(k) in fitted and fitted[str(k)] != engine.folder.weights_hash(k)]
+        if stale:
+            logger.error("%s: QC data were fitted for other weights of fold(s) %s; quality %s until "
+                         "`taviseg qc fit` is run again", engine.folder.path, stale, NOT_AVAILABLE)
+            qc = None
+        return cls(engine=engine, qc=qc)
 
     @property
     def available(self) -> bool:
@@ -213,7 +222,7 @@ class QualityAssessor:
             return QCPrediction(
                 masks=list(m.masks), raw_masks=list(m.masks), confidence=m.confidence, quality=None,
                 flagged=np.zeros(n, bool), reasons=[None] * n, features=m.features,
-                verdict=run_verdict(None, np.zeros(n, bool), [None] * n, None),
+                verdict=run_verdict(None, np.zeros(n, bool), [None] * n),
                 probabilities=m.probabilities,
             )
         qc = self.qc
@@ -225,11 +234,12 @@ class QualityAssessor:
         quality = qc.calibrator.predict_dicts(m.features) if n else np.zeros(0)
         reasons = [qc.gate.reason(f["ood_distance"], f["area_frac"], f["mask_contrast"]) for f in m.features]
         masks = [np.zeros_like(mask) if r is not None else mask for mask, r in zip(m.masks, reasons)]
-        flagged = (quality < qc.flag_below) | np.array([r is not None for r in reasons], bool)
+        flagged = ((quality < qc.flag_below) | (distances > qc.ood_flag)
+                   | np.array([r is not None for r in reasons], bool))
         return QCPrediction(
             masks=masks, raw_masks=list(m.masks), confidence=m.confidence, quality=quality,
             flagged=flagged, reasons=reasons, features=m.features,
-            verdict=run_verdict(quality, flagged, reasons, qc.flag_below), probabilities=m.probabilities,
+            verdict=run_verdict(quality, flagged, reasons), probabilities=m.probabilities,
         )
 
     def predict(

@@ -59,7 +59,7 @@ class Calibrator:
         features: Sequence[str] = FEATURES,
         l2: float = 1e-2,
         sample_weight: np.ndarray | None = None,
-    ) -> "Calibrator":
+    ) -> Calibrator:
         """Fit on feature rows ``x`` (N, len(features)) and labels ``y`` (1 = Dice >= 0.8).
 
         Raises:
@@ -133,7 +133,7 @@ class Calibrator:
         }
 
     @classmethod
-    def from_json_dict(cls, data: Mapping) -> "Calibrator":
+    def from_json_dict(cls, data: Mapping) -> Calibrator:
         """Inverse of :meth:`to_json_dict`.
 
         Raises:

@@ -57,4 +57,6 @@ def boundary_entropy(probabilities: np.ndarray, mask: np.ndarray, *, band_fracti
     if not m.any():
         return float(binary_entropy(p).mean())
     band = boundary_band(m, max(1, round(band_fraction * min(m.shape))))
+    if not band.any():  # the mask covers the whole frame: no boundary inside it
+        return float(binary_entropy(p).mean())
     return float(binary_entropy(p[band]).mean())

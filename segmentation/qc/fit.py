@@ -8,7 +8,9 @@
    ``Dice >= 0.8`` against the ground truth (empty ground truth: the frame is right only when
    the model outlines nothing). The monotone calibrator (:mod:`.calibrator`) is fitted on them.
 3. ``flag_below`` is the quality below which at most ``target_false_alarm`` of the held-out
-   in-distribution frames with Dice >= 0.7 fall; the "no root here" gate's limits come from the
+   in-distribution frames with Dice >= 0.7 fall; frames beyond 1.25 times the largest held-out
+   encoder-feature distance (``ood_flag``) are flagged whatever their quality (the calibrator
+   knows nothing of them); the "no root here" gate's limits come from the
    training masks (area) and the held-out frames (distance, contrast) with wide margins, so that
    it fires only far outside what the model was trained on.
 
@@ -130,6 +132,7 @@ def fit_quality_model(
     target_false_alarm: float = 0.04,
     seed: int = 0,
     save: bool = True,
+    rows_out: list[dict] | None = None,
 ) -> QualityModel:
     """Fit the QC data of ``assessor``'s model folder (module docstring) and write them there.
 
@@ -142,6 +145,8 @@ def fit_quality_model(
         target_false_alarm: Fraction of held-out frames with Dice >= 0.7 that may be flagged.
         seed: Seed of the frame caps.
         save: Write ``qc.json``/``qc.npz`` into the folder.
+        rows_out: When given, the calibrator's frames are appended to it (rows of
+            :func:`evaluate_runs`, with the OOD and shape features filled in).
 
     Returns:
         The fitted :class:`QualityModel` (the assessor uses it from now on).
@@ -179,6 +184,8 @@ def fit_quality_model(
         row["features"]["shape_implausibility"] = shape.implausibility(row["features"])
     y = np.array([r["dice"] >= GOOD_DICE for r in fit_rows], np.float64)
     calibrator = Calibrator.fit(_feature_matrix(fit_rows), y)
+    if rows_out is not None:
+        rows_out.extend(fit_rows)
 
     held_good = [r for r in held_rows if r["dice"] >= FAIL_DICE]
     q_good = calibrator.predict(_feature_matrix(held_good)) if held_good else np.ones(1)
@@ -198,9 +205,10 @@ def fit_quality_model(
         "frames": {"train": len(train_rows), "held_out": len(held_rows), "stress": len(stress_rows)},
         "labels_good": int(y.sum()), "labels_bad": int(len(y) - y.sum()),
         "target_false_alarm": target_false_alarm, "seed": seed,
+        "weights_sha256": {str(k): assessor.engine.folder.weights_hash(k) for k in assessor.engine.folder.folds},
     }
     qc = QualityModel(calibrator=calibrator, shape=shape, ood=ood, gate=gate, flag_below=flag_below,
-                      provenance=provenance)
+                      provenance=provenance, ood_flag=float(1.25 * held_d.max()))
     gated_good = sum(gate.reason(r["features"]["ood_distance"], r["features"]["area_frac"],
                                  r["features"]["mask_contrast"]) is not None for r in held_good)
     logger.info("QC fit: flag below %.3f; gate %s; gate fires on %d of %d good held-out frames",
@@ -209,3 +217,55 @@ def fit_quality_model(
         save_quality_model(assessor.engine.folder.path, qc)
     assessor.qc = qc
     return qc
+
+
+#: The training hook fits QC data only when the data set has at least this many frames in
+#: each part (tiny test cohorts are skipped: their calibrator would mean nothing).
+MIN_TRAIN_FRAMES = 48
+MIN_HELDOUT_FRAMES = 24
+
+
+def fit_after_training(
+    model_folder: str | Path,
+    dataset_root: str | Path,
+    stress_dir: str | Path,
+    *,
+    device: str = "auto",
+    samples_dir: str | Path | None = None,
+) -> QualityModel | None:
+    """The end-of-training hook: build a stress set and fit the folder's QC data, fail-soft.
+
+    Skipped (logged) when the data set is too small (:data:`MIN_TRAIN_FRAMES`,
+    :data:`MIN_HELDOUT_FRAMES`); a fit that cannot be made (one label class...) is logged as a
+    warning and leaves the folder without QC data ("quality not available"): training itself
+    never fails because of QC. Refit with ``taviseg qc fit`` (and a stress set holding the real
+    samples) at any time.
+
+    Returns:
+        The fitted QC data, or None when skipped or failed.
+    """
+    from segmentation.errors import SegmentationError
+    from segmentation.inference.engine import InferenceEngine
+    from segmentation.qc.stress import StressSpec, build_stress_set
+    from tavidata.errors import DatasetError, SplitError
+
+    try:
+        from segmentation.models.folder import load_model_folder
+
+        dataset = Dataset.load(dataset_root)
+        train_p, held_p = model_patients(dataset, load_model_folder(model_folder).folds)
+        n_train, n_held = len(dataset.frames_of(train_p)), len(dataset.frames_of(held_p))
+        if n_train < MIN_TRAIN_FRAMES or n_held < MIN_HELDOUT_FRAMES:
+            logger.info("QC data not fitted: %d training / %d held-out frames (need %d / %d); "
+                        "quality is not available for %s", n_train, n_held, MIN_TRAIN_FRAMES,
+                        MIN_HELDOUT_FRAMES, model_folder)
+            return None
+        engine = InferenceEngine.from_folder(model_folder, device=device, backend="eager", host_threads=0)
+        stress = build_stress_set(stress_dir, StressSpec(seed=0, part="all", runs_per_corruption=2),
+                                  samples_dir=samples_dir, overwrite=True)
+        return fit_quality_model(QualityAssessor(engine=engine, qc=None), dataset_root, [stress.root],
+                                 max_train_frames=200, max_heldout_frames=200)
+    except (SegmentationError, DatasetError, SplitError) as exc:
+        logger.warning("QC data not fitted for %s: %s; quality is not available until `taviseg qc fit`",
+                       model_folder, exc)
+        return None

@@ -16,12 +16,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-
-from segmentation.qc.errors import QualityError
 import torch
 
 from segmentation.errors import ModelError
 from segmentation.models.folder import ModelFolder
+from segmentation.qc.errors import QualityError
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ class FeatureGaussian:
     shrinkage: float
 
     @classmethod
-    def fit(cls, features: np.ndarray) -> "FeatureGaussian":
+    def fit(cls, features: np.ndarray) -> FeatureGaussian:
         """Fit on ``(N, D)`` training features.
 
         Raises:

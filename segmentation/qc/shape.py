@@ -124,7 +124,7 @@ class ShapeStats:
     keys: tuple[str, ...] = SHAPE_KEYS
 
     @classmethod
-    def fit(cls, features: Sequence[Mapping[str, float]], *, fov_mm: float = 0.0) -> "ShapeStats":
+    def fit(cls, features: Sequence[Mapping[str, float]], *, fov_mm: float = 0.0) -> ShapeStats:
         """Fit on the features of non-empty training masks; ``fov_mm``: the training frames'
         median field of view (used for frames whose pixel spacing is unknown; 0 = unknown).
 
@@ -166,7 +166,7 @@ class ShapeStats:
                 "area_frac_range": list(self.area_frac_range), "fov_mm": self.fov_mm}
 
     @classmethod
-    def from_json_dict(cls, data: Mapping) -> "ShapeStats":
+    def from_json_dict(cls, data: Mapping) -> ShapeStats:
         """Inverse of :meth:`to_json_dict`.
 
         Raises:

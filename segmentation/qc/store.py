@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ class QualityModel:
     flag_below: float
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = QC_FORMAT_VERSION
+    #: Frames whose encoder-feature distance exceeds this are flagged whatever their quality
+    #: (beyond the range the calibrator was fitted on); inf: no such rule.
+    ood_flag: float = math.inf
 
     def to_json_dict(self) -> dict[str, Any]:
         """The ``qc.json`` mapping."""
@@ -90,6 +94,7 @@ class QualityModel:
             "format_version": self.format_version,
             "target": TARGET,
             "flag_below": float(self.flag_below),
+            "ood_flag": None if math.isinf(self.ood_flag) else float(self.ood_flag),
             "calibrator": self.calibrator.to_json_dict(),
             "shape": self.shape.to_json_dict(),
             "gate": {k: float(getattr(self.gate, k)) for k in ("ood_max", "area_frac_min", "area_frac_max",
@@ -160,6 +165,7 @@ def load_quality_model(folder: str | Path) -> QualityModel | None:
                       area_frac_max=float(gate["area_frac_max"]), contrast_min=float(gate["contrast_min"])),
             flag_below=float(data["flag_below"]),
             provenance=dict(data.get("provenance", {})),
+            ood_flag=math.inf if data.get("ood_flag") is None else float(data["ood_flag"]),
         )
     except FileNotFoundError as exc:
         raise ModelError(f"{npz_path}: missing ({path} refers to it)") from exc

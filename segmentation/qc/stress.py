@@ -33,7 +33,6 @@ import cv2
 import numpy as np
 
 from segmentation.qc.errors import QualityError
-
 from tavidata.format import Dataset, DatasetWriter
 
 logger = logging.getLogger(__name__)
@@ -198,7 +197,7 @@ def build_stress_set(out_dir: str | Path, spec: StressSpec, *, samples_dir: str 
                 for i, (f, m) in enumerate(zip(frames, masks)):
                     img, msk = corrupt(f, m, kind, severity, rng, params)
                     sp = spacing * side / spec.size if kind == "cropped" else spacing
-                    writer.add(f"S{kind.replace('_', '')}-{r}", f"sev{int(round(100 * severity)):03d}", i, img, msk,
+                    writer.add(f"S{kind.replace('_', '')}-{r}", f"sev{round(100 * severity):03d}", i, img, msk,
                                spacing_mm=(sp, sp), stage=kind)
                 counts[kind] = counts.get(kind, 0) + len(frames)
         if samples_dir is None:

@@ -48,12 +48,11 @@ def run_verdict(
     quality: np.ndarray | None,
     flagged: np.ndarray,
     reasons: Sequence[str | None],
-    flag_below: float | None,
     *,
     fail_fraction: float = FAIL_FRACTION,
 ) -> RunVerdict:
     """The verdict of a run from its per-frame quality, flags and gate reasons."""
-    n = int(len(flagged))
+    n = len(flagged)
     no_root = sum(r is not None for r in reasons)
     if quality is None:
         return RunVerdict("unknown", n, 0, 0, None)

@@ -29,6 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="validate the configuration (and load the model) and exit")
 
 
+def _check_hosts(cfg) -> None:
+    """Every ``allowed_callers[].hosts`` entry that is a name must resolve (``--check``).
+
+    Raises:
+        ConfigError: a name that does not resolve, naming the AE title and the entry.
+    """
+    from dicom_node.config import ConfigError, resolve_host_entry
+
+    for caller in cfg.allowed_callers:
+        for host in caller.hosts:
+            try:
+                addresses = resolve_host_entry(host)
+            except ValueError as exc:
+                raise ConfigError(f"allowed_callers {caller.ae_title.strip()}: {exc}") from None
+            logger.info("allowed_callers %s: %s -> %s", caller.ae_title.strip(), host, ", ".join(addresses))
+
+
 def run(args: argparse.Namespace) -> int:
     """Load the configuration and serve until stopped; returns the exit code."""
     from dicom_node.config import load_node_config
@@ -41,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
         if cfg.tls.enabled:
             server_context(cfg.tls)
+        _check_hosts(cfg)
         processor = load_processor(cfg.processing, onnx_cache_dir=cfg.state_dir / "onnx-cache")
         logger.info(
             "configuration %s is valid; processor %s version %s", args.config, processor.name, processor.version

@@ -1,6 +1,6 @@
 """The reliability bench (``python -m bench.reliability``).
 
-* ``--quick`` against real peers: its summary lines show no crash, nothing lost, nothing
+* ``--quick --only bad,crash,outage,load`` against real peers: its summary lines show no crash, nothing lost, nothing
   duplicated, every bad input answered acceptably AND every bad input whose status is predicted
   answered with that status (a count that a lenient node would fail, unlike "acceptable").
 * The predictions themselves (:func:`bench.reliability.mutants.predicted_answers`) checked against
@@ -103,7 +103,8 @@ def test_families_that_know_what_they_broke_predict_a_status():
 def test_reliability_bench_quick_shows_expected_answers_no_crash_no_loss_no_duplicate(tmp_path, samples_dir):
     require_tool("Orthanc")
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.reliability", "--quick", "--workdir", str(tmp_path / "bench")],
+        [sys.executable, "-m", "bench.reliability", "--quick", "--only", "bad,crash,outage,load",
+         "--workdir", str(tmp_path / "bench")],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     lines = proc.stdout.strip().splitlines()
@@ -123,7 +124,7 @@ def test_reliability_bench_quick_shows_expected_answers_no_crash_no_loss_no_dupl
     assert "node answered C-ECHO after every send" in bad
     table = (tmp_path / "bench" / "bad" / "bad_inputs.tsv").read_text().splitlines()
     header = table[0].split("\t")
-    rows = [dict(zip(header, row.split("\t"))) for row in table[1:]]
+    rows = [dict(zip(header, row.split("\t"), strict=True)) for row in table[1:]]
     assert sum(r["expected"] != "any" for r in rows if r["outcome"] != "not-sendable") == predicted
     assert all(r["expected"] == "0x0000" and r["status"] == "0x0000" for r in rows if r["kind"] == "sample")
     for name in ("crash safety", "PACS outage", "load"):

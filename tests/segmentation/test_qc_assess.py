@@ -3,6 +3,7 @@ folder and loaded with it, a folder without QC data still runs and says so, the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -43,6 +44,17 @@ def make_qc(engine: InferenceEngine, *, gate: Gate | None = None, flag_below: fl
     gate = gate or Gate(ood_max=1e9, area_frac_min=0.0, area_frac_max=1.0, contrast_min=-1e9)
     return QualityModel(calibrator=Calibrator.fit(x, y), shape=shape, ood=ood, gate=gate,
                         flag_below=flag_below, provenance={"purpose": "tests"})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """One torch thread: on a shared, loaded 2-core machine two threads ran 14x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +139,25 @@ def test_gate_gives_empty_masks_with_a_reason_and_flags_them(engine):
     area = make_qc(engine, gate=Gate(ood_max=1e9, area_frac_min=0.0, area_frac_max=1e-4, contrast_min=-1e9))
     pred = QualityAssessor(engine=engine, qc=area).predict(frames)
     assert [r is not None and "implausible area" in r for r, m in zip(pred.reasons, pred.raw_masks) if m.any()]
+
+
+def test_qc_data_of_other_weights_are_not_used(tmp_path, engine, caplog):
+    path = make_model_folder(tmp_path / "retrained", size=64)
+    qc = make_qc(engine)
+    save_quality_model(path, dataclasses.replace(qc, provenance={"weights_sha256": {"0": "0" * 64}}))
+    eng = InferenceEngine.from_folder(path, device="cpu", backend="eager", host_threads=0)
+    with caplog.at_level(logging.ERROR, logger="segmentation.qc.assess"):
+        assert not QualityAssessor.from_engine(eng).available
+    assert any("fitted for other weights" in r.getMessage() for r in caplog.records)
+    right = {"0": eng.folder.weights_hash(0)}
+    save_quality_model(path, dataclasses.replace(qc, provenance={"weights_sha256": right}))
+    assert QualityAssessor.from_engine(eng).available
+
+
+def test_frames_beyond_the_fitted_range_are_flagged_but_keep_their_outline(engine):
+    frames = smooth_frames(3, 64, 64, seed=3)
+    qc = dataclasses.replace(make_qc(engine, flag_below=0.0), ood_flag=0.0)
+    pred = QualityAssessor(engine=engine, qc=qc).predict(frames)
+    assert pred.flagged.all() and pred.reasons == [None] * 3
+    assert all(np.array_equal(a, b) for a, b in zip(pred.masks, pred.raw_masks))
+    assert not QualityAssessor(engine=engine, qc=dataclasses.replace(qc, ood_flag=1e9)).predict(frames).flagged.any()

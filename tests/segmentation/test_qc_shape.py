@@ -10,7 +10,12 @@ import pytest
 from segmentation.qc.contrast import mask_contrast
 from segmentation.qc.disagreement import boundary_entropy, flip_dice
 from segmentation.qc.errors import QualityError
-from segmentation.qc.shape import EMPTY_SHAPE_Z, ShapeStats, count_components, shape_features
+from segmentation.qc.shape import (
+    EMPTY_SHAPE_Z,
+    ShapeStats,
+    count_components,
+    shape_features,
+)
 from segmentation.qc.temporal import temporal_dice
 
 

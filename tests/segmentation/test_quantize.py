@@ -26,7 +26,11 @@ from segmentation.inference.quantize import (
     quantize_model_folder,
 )
 from segmentation.metrics import dice
-from segmentation.models.folder import VARIANTS_FILENAME, load_model_folder, save_model_folder
+from segmentation.models.folder import (
+    VARIANTS_FILENAME,
+    load_model_folder,
+    save_model_folder,
+)
 from tests.segmentation.conftest import make_model_folder, make_state
 
 SETTINGS = QuantizeSettings(calibration_frames=4, check_frames=4, batch_size=4)
@@ -86,11 +90,12 @@ def test_quantize_writes_the_variant_with_provenance(quantized, phantom):
     assert head and head[0].op_type == "Conv" and fold["nodes_kept_float"] == [head[0].name]
 
 
-def test_engine_picks_int8_on_cpu_unless_told_otherwise(quantized, onnx_cache):
-    folder, _ = quantized
-    from tests.segmentation.conftest import smooth_frames
+def test_engine_picks_int8_on_cpu_unless_told_otherwise(quantized, phantom, onnx_cache):
+    from tavidata.format import Dataset
 
-    frames = smooth_frames(3, 70, 90, seed=7)
+    folder, _ = quantized
+    dataset = Dataset.load(phantom)
+    frames = np.stack([dataset.read_image(r) for r in dataset.records])
     auto = InferenceEngine.from_folder(folder, device="cpu", backend="auto", onnx_cache_dir=onnx_cache)
     assert auto.backend_name == INT8_VARIANT
     assert auto.backends[0].path == folder / "fold_0.onnx-int8.onnx"
@@ -102,7 +107,7 @@ def test_engine_picks_int8_on_cpu_unless_told_otherwise(quantized, onnx_cache):
     assert explicit.backend_name == INT8_VARIANT
     got, ref = auto.predict(frames).masks, eager.predict(frames).masks
     assert 0.05 < ref.mean() < 0.95
-    assert min(dice(a, b) for a, b in zip(got, ref)) > 0.97
+    assert np.median([dice(a, b) for a, b in zip(got, ref)]) > 0.99
 
 
 def test_int8_is_never_used_on_a_gpu(quantized, monkeypatch):
@@ -157,21 +162,31 @@ def test_a_failed_accuracy_check_writes_nothing(tmp_path, phantom, onnx_cache, m
     assert load_model_folder(folder).variants == {}
 
 
-def test_an_unreachable_target_refuses_too(quantized, tmp_path, phantom, onnx_cache):
-    """The same int8 model that passed by default fails a Dice-change limit it cannot meet."""
+def test_the_check_fails_targets_the_int8_model_cannot_meet(quantized, phantom):
+    """The int8 model that passed the default targets fails stricter ones, each reason named."""
+    from tavidata.format import Dataset
+
     folder, report = quantized
-    change = report.checks[0].dice_change
-    copy = tmp_path / "model"
-    shutil.copytree(folder, copy)
-    (copy / VARIANTS_FILENAME).unlink()
-    for f in copy.glob("*.onnx"):
-        f.unlink()
-    if change == 0.0:
-        pytest.skip("int8 and fp32 masks identical on the check frames: no limit below the change exists")
-    strict = dataclasses.replace(SETTINGS, max_dice_change=abs(change) / 2)
-    with pytest.raises(AccuracyCheckError, match="Dice vs ground truth changed by"):
-        quantize_model_folder(copy, phantom, settings=strict, onnx_cache_dir=onnx_cache)
-    assert not (copy / VARIANTS_FILENAME).exists()
+    mf = load_model_folder(folder)
+    dataset = Dataset.load(phantom)
+    records = dataset.records
+    images = [dataset.read_image(r) for r in records]
+    masks = [dataset.read_mask(r) for r in records]
+    ids = [r.frame_id for r in records]
+    int8_path = report.files[0]
+    passed = quantize_mod.check_fold(mf, 0, int8_path, images, masks, ids, SETTINGS)
+    assert passed.passed and passed.frames == len(records) and passed.worst_frame in ids
+    if passed.min_dice_vs_fp32 == 1.0:
+        pytest.skip("int8 and fp32 masks identical on every frame: no Dice target below 1 to miss")
+    strict = dataclasses.replace(SETTINGS, min_median_dice=1.0, max_dice_change=0.0)
+    failed = quantize_mod.check_fold(mf, 0, int8_path, images, masks, ids, strict)
+    assert not failed.passed
+    assert failed.min_dice_vs_fp32 == pytest.approx(passed.min_dice_vs_fp32)
+    if failed.median_dice_vs_fp32 < 1.0:
+        assert any(r.startswith("median Dice vs fp32") for r in failed.reasons)
+    if failed.dice_change:
+        assert any(r.startswith("Dice vs ground truth changed by") for r in failed.reasons)
+    assert "FAILED" in failed.describe() and failed.worst_frame in failed.describe()
 
 
 def test_old_folders_without_variants_load_and_run_fp32(tmp_path, onnx_cache):

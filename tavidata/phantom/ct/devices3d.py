@@ -107,7 +107,7 @@ def _catheter_route(rng: np.random.Generator, root: RootRegion, end: np.ndarray,
 
 
 def _pigtail(rng, p: _Painter, layer, root: RootRegion, density: float) -> dict:
-    u, v = _perp(root.axis, rng)
+    u, _ = _perp(root.axis, rng)
     r0 = float(root.radius_mm[min(len(root.radius_mm) - 1, 6)])
     end = root.annulus_mm + root.axis * rng.uniform(12.0, 22.0) + u * r0 * rng.uniform(0.2, 0.5)
     shaft = _catheter_route(rng, root, end, spread=rng.uniform(0.5, 1.5))
@@ -138,7 +138,7 @@ def _valve(rng, p: _Painter, layer, root: RootRegion, opts: DeviceOptions, expan
 
         def radius(z):
             waist = 0.85 * r_in
-            return np.where(z < 0.4, r_in + (waist - r_in) * z / 0.4, waist + (r_out - waist) * ((z - 0.4) / 0.6) ** 1.5)
+            return np.where(z < 0.4, r_in + (waist - r_in) * z / 0.4, waist + (r_out - waist) * (np.maximum(z - 0.4, 0.0) / 0.6) ** 1.5)
     else:
         height = rng.uniform(48.0, 54.0)
         zs = np.array([0.0, 0.12, 0.25, 0.38, 0.55, 0.75, 1.0])
@@ -162,7 +162,7 @@ def _valve(rng, p: _Painter, layer, root: RootRegion, opts: DeviceOptions, expan
         a_list += [lo, lo]
         b_list += [hi, np.roll(hi, -1 if j % 2 == 0 else 1, axis=0)]
     a, b = np.concatenate(a_list), np.concatenate(b_list)
-    p.struts(layer, a, b, rng.uniform(0.35, 0.5), opts.density * rng.uniform(0.5, 0.9))
+    p.struts(layer, a, b, rng.uniform(0.22, 0.32), opts.density * rng.uniform(0.25, 0.45))
     # radiopaque markers at the inflow
     for k in range(3):
         m = rows[0][k * n_around // 3]
@@ -222,7 +222,7 @@ def _coronaries(rng, p: _Painter, layer, root: RootRegion, mu_iodine: float) -> 
                  (np.array([-0.55, -0.55, -0.6]), 65.0, 1.6)],
         "right": [(np.array([0.55, 0.75, -0.15]), 20.0, 2.0), (np.array([0.55, 0.25, -0.8]), 80.0, 1.7)],
     }
-    for side, segs in trees.items():
+    for segs in trees.values():
         ostium_dir = segs[0][0] / np.linalg.norm(segs[0][0])
         start = base + ostium_dir * r0 * 0.9
         d0, l0, rad0 = segs[0]
@@ -242,8 +242,8 @@ def _coronaries(rng, p: _Painter, layer, root: RootRegion, mu_iodine: float) -> 
 def _skin_point(ct: CTVolume, x: float, z: float) -> np.ndarray | None:
     """Most anterior skin point of the CT column at world (x, z)."""
     ix, _, iz = ct.world_to_index(np.array([x, 0.0, z]))
-    ix, iz = int(round(ix)), int(round(iz))
-    nz, ny, nx = ct.shape_zyx
+    ix, iz = round(float(ix)), round(float(iz))
+    nz, _, nx = ct.shape_zyx
     if not (0 <= ix < nx and 0 <= iz < nz):
         return None
     col = np.nonzero(ct.hu[iz, :, ix] > -300)[0]

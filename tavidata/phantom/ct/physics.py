@@ -23,6 +23,10 @@ logger = logging.getLogger(__name__)
 
 #: 256 Gaussian quantiles: a uniform random byte through this table is a N(0, 1) sample.
 _GAUSS = ndtri((np.arange(256) + 0.5) / 256.0).astype(np.float32).reshape(1, 256)
+#: Percentiles of the preview that the tone curve maps onto the run's grey targets.
+TONE_QUANTILES = (1.0, 5.0, 50.0, 95.0, 99.0)
+#: Entries of the tone look-up table.
+TONE_LUT_SIZE = 4096
 #: Large-scale filters run on a grid this many times coarser.
 COARSE = 8
 
@@ -75,13 +79,15 @@ def attenuation(hu: np.ndarray, labels: np.ndarray, *, kev: float, bone_excess: 
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur; wide ones (sigma >= 6 px) on a grid up to :data:`COARSE` times coarser."""
     if sigma < 0.3:
         return img
-    if sigma < 12.0:
+    if sigma < 6.0:
         return cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    factor = int(min(COARSE, sigma // 3.0))
     h, w = img.shape
-    small = cv2.resize(img, (max(2, w // COARSE), max(2, h // COARSE)), interpolation=cv2.INTER_AREA)
-    small = cv2.GaussianBlur(small, (0, 0), sigma / COARSE, borderType=cv2.BORDER_REFLECT)
+    small = cv2.resize(img, (max(2, w // factor), max(2, h // factor)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_REFLECT)
     return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
@@ -110,17 +116,17 @@ class ChainSettings:
     enhance_mid_px: float
     enhance_fine: float       # fine-scale edge enhancement gain
     enhance_fine_px: float
-    grey_p1: float            # display: where the 1st/99th percentiles and the median land
-    grey_p99: float
-    grey_median: float
+    display_noise: float      # noise of the processed image, in grey levels
+    display_noise_px: float   # its correlation length
+    grey_targets: tuple       # display: grey levels of the 1st, 5th, 50th, 95th, 99th percentiles
     jpeg_quality: int
 
 
 class ImageChain:
     """Turns line integrals (attenuation x mm) into 8-bit frames, with a tone curve fitted once."""
 
-    def __init__(self, settings: ChainSettings, shape: tuple[int, int], rng: np.random.Generator,
-                 open_field: np.ndarray, wedge: np.ndarray | None = None):
+    def __init__(self, settings: ChainSettings, shape: tuple[int, int], open_field: np.ndarray,
+                 wedge: np.ndarray | None = None):
         self.s = settings
         self.shape = shape
         h, w = shape
@@ -131,9 +137,9 @@ class ImageChain:
             flat *= wedge.astype(np.float32)
         self.flat = flat
         self.open_field = open_field
+        self.lut = np.arange(256, dtype=np.float32)
         self.lut_lo = 0.0
-        self.lut_scale = 1.0
-        self.gamma = 1.0
+        self.lut_scale = 255.0
         self.reference = 1.0
 
     def set_reference(self, line_integral: np.ndarray) -> None:
@@ -143,12 +149,27 @@ class ImageChain:
         self.reference = float(np.median(inside)) * (1.0 + self.s.scatter_fraction)
 
     def processed(self, line_integral: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """Brightness image (float32, higher = more transmission) before the tone curve."""
+        """Brightness image (float32 log signal, higher = more transmission) before the tone curve.
+
+        The system's processing (dynamic range compression, edge enhancement) acts on the
+        detector signal after its recursive/spatial noise filter, so it sharpens anatomy and
+        devices without amplifying the quantum noise much: it is applied to the noiseless log
+        signal, and the quantum and electronic noise (in the log domain: relative noise
+        ``1 / sqrt(photons)``, spatially correlated by the detector) are added after it.
+        """
         s = self.s
         primary = np.exp(-line_integral.astype(np.float32)) * self.flat
         primary = _blur(primary, s.focal_blur_px)
         scatter = _blur(primary, s.scatter_sigma_px) * np.float32(s.scatter_fraction)
-        signal = primary + scatter
+        signal = _blur(primary + scatter, s.detector_blur_px)
+        signal = np.maximum(signal, np.float32(1e-6))
+        a = np.log(signal)
+        if s.drc > 0:
+            a = a - np.float32(s.drc) * (_blur(a, s.drc_sigma_px) - np.float32(np.median(a[::8, ::8])))
+        if s.enhance_mid > 0:
+            a = a + np.float32(s.enhance_mid) * (a - _blur(a, s.enhance_mid_px))
+        if s.enhance_fine > 0:
+            a = a + np.float32(s.enhance_fine) * (a - _blur(a, s.enhance_fine_px))
         if rng is not None:
             n = gaussian_noise(rng, self.shape)
             if s.noise_corr_px >= 0.3:
@@ -156,43 +177,51 @@ class ImageChain:
                 n *= np.float32(1.0 / _unit_blur_std(s.noise_corr_px))
             # photons counted relative to the median signal behind the body (the dose control
             # keeps that level at ``photons`` per pixel whatever the patient's thickness)
-            ref = np.float32(self.reference)
-            sigma = np.sqrt(np.maximum(signal, 1e-9) * ref / np.float32(s.photons) + (np.float32(s.electronic) * ref) ** 2)
-            signal = signal + n * sigma
-        signal = _blur(signal, s.detector_blur_px)
-        a = np.log(np.maximum(signal, np.float32(1e-5)))
-        if s.drc > 0:
-            a = a - np.float32(s.drc) * (_blur(a, s.drc_sigma_px) - np.float32(np.median(a[::8, ::8])))
-        if s.enhance_mid > 0:
-            a = a + np.float32(s.enhance_mid) * (a - _blur(a, s.enhance_mid_px))
-        if s.enhance_fine > 0:
-            a = a + np.float32(s.enhance_fine) * (a - _blur(a, s.enhance_fine_px))
+            rel = np.float32(self.reference) / signal
+            sigma = np.sqrt(rel / np.float32(s.photons) + (np.float32(s.electronic) * rel) ** 2)
+            a = a + n * sigma
         return a.astype(np.float32)
 
     def fit_tone(self, preview: np.ndarray) -> None:
-        """Fit the display window to a noiseless preview: its 1st/99th percentiles and median
-        (inside the open field) land on the run's grey targets."""
+        """Fit the display curve to a noiseless preview: its 1st, 5th, 50th, 95th and 99th
+        percentiles (inside the open field) land on the run's grey targets, through a smooth
+        monotone curve (PCHIP) with soft roll-offs beyond the 1st and 99th percentiles."""
+        from scipy.interpolate import PchipInterpolator
+
         s = self.s
         inside = preview[self.open_field] if self.open_field.any() else preview.ravel()
-        p1, p50, p99 = np.percentile(inside, [1, 50, 99])
-        span = max(float(p99 - p1), 1e-6)
-        x_med = float(np.clip((p50 - p1) / span, 0.05, 0.95))
-        y_med = (s.grey_median - s.grey_p1) / max(s.grey_p99 - s.grey_p1, 1.0)
-        self.gamma = float(np.clip(np.log(np.clip(y_med, 0.05, 0.95)) / np.log(x_med), 0.4, 2.5))
-        self.lut_lo = float(p1)
-        self.lut_scale = 1.0 / span
+        q = np.percentile(inside, TONE_QUANTILES).astype(np.float64)
+        q = np.maximum.accumulate(q + np.arange(len(q)) * 1e-6)
+        g = np.maximum.accumulate(np.asarray(s.grey_targets, np.float64) + np.arange(len(q)) * 1e-3)
+        span = float(q[-1] - q[0]) or 1.0
+        lo, hi = q[0] - 0.6 * span, q[-1] + 0.6 * span
+        x = np.linspace(lo, hi, TONE_LUT_SIZE)
+        curve = PchipInterpolator(q, g, extrapolate=False)(x)
+        below, above = x < q[0], x > q[-1]
+        slope_lo = (g[1] - g[0]) / (q[1] - q[0])
+        slope_hi = (g[-1] - g[-2]) / (q[-1] - q[-2])
+        # beyond the end knots: the end slope, rolled off (no hard clipping of the tails)
+        d_lo = (q[0] - x[below]) * slope_lo
+        curve[below] = g[0] - g[0] * (1.0 - np.exp(-d_lo / max(g[0], 1.0)))
+        d_hi = (x[above] - q[-1]) * slope_hi
+        curve[above] = g[-1] + (255.0 - g[-1]) * (1.0 - np.exp(-d_hi / max(255.0 - g[-1], 1.0)))
+        self.lut = np.clip(curve, 0, 255).astype(np.float32)
+        self.lut_lo = float(lo)
+        self.lut_scale = float((TONE_LUT_SIZE - 1) / (hi - lo))
 
-    def to_uint8(self, a: np.ndarray) -> np.ndarray:
-        """Tone curve: brightness -> 8-bit, with a soft toe and shoulder beyond the window."""
+    def to_uint8(self, a: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """Tone curve: brightness -> 8-bit, plus the display-domain noise of the system's
+        processing (``rng`` None: none), then for some runs a JPEG round trip."""
         s = self.s
-        x = (a - np.float32(self.lut_lo)) * np.float32(self.lut_scale)
-        # soft roll-off outside [0, 1] (no hard clipping of the grey tails)
-        x = np.clip(x, -1.0, 2.0)
-        x = np.where(x < 0, -np.log1p(-np.minimum(x, 0) * 4.0) / 4.0, x)
-        x = np.where(x > 1, 1.0 + np.log1p(np.maximum(x - 1.0, 0) * 4.0) / 4.0, x)
-        y = np.sign(x) * np.abs(x) ** np.float32(self.gamma)
-        g = s.grey_p1 + (s.grey_p99 - s.grey_p1) * y
-        out = np.clip(np.round(g), 0, 255).astype(np.uint8)
+        idx = np.clip((a - np.float32(self.lut_lo)) * np.float32(self.lut_scale), 0, TONE_LUT_SIZE - 1)
+        grey = np.take(self.lut, idx.astype(np.int32))
+        if rng is not None and s.display_noise > 0:
+            n = gaussian_noise(rng, self.shape)
+            if s.display_noise_px >= 0.3:
+                n = cv2.GaussianBlur(n, (0, 0), s.display_noise_px, borderType=cv2.BORDER_REFLECT)
+                n *= np.float32(1.0 / _unit_blur_std(s.display_noise_px))
+            grey = grey + n * np.float32(s.display_noise)
+        out = np.clip(np.round(grey), 0, 255).astype(np.uint8)
         if s.jpeg_quality:
             ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(s.jpeg_quality)])
             if ok:

@@ -81,6 +81,29 @@ def frustum_crop(volume: torch.Tensor, grid: VoxelGrid, geometry: CArmGeometry, 
     return crop(volume, grid, tuple(lo_i), tuple(hi_i))
 
 
+def warp_volume(volume: torch.Tensor, grid: VoxelGrid, displacement: torch.Tensor) -> torch.Tensor:
+    """The volume deformed by a smooth displacement field, once (trilinear): voxel ``p`` of the
+    result is the input read at ``p + displacement(p)``. Projecting the result equals
+    ``project(volume, ..., displacement=displacement)`` and is cheaper when the volume has
+    fewer voxels than the projection has samples.
+
+    Args:
+        volume: float32 (C, nz, ny, nx).
+        grid: Where it lies.
+        displacement: float32 (3, gz, gy, gx) field in mm (x, y, z) over ``grid``'s box.
+    """
+    nz, ny, nx = grid.shape_zyx
+    disp = F.interpolate(displacement[None], size=(nz, ny, nx), mode="trilinear", align_corners=True)[0]
+    scale = torch.tensor([2.0 / max(nx - 1, 1), 2.0 / max(ny - 1, 1), 2.0 / max(nz - 1, 1)]) / grid.voxel_mm
+    zs, ys, xs = (torch.linspace(-1.0, 1.0, n) for n in (nz, ny, nx))
+    g = torch.empty((nz, ny, nx, 3), dtype=torch.float32)
+    g[..., 0] = xs[None, None, :] + disp[0] * scale[0]
+    g[..., 1] = ys[None, :, None] + disp[1] * scale[1]
+    g[..., 2] = zs[:, None, None] + disp[2] * scale[2]
+    with torch.no_grad():
+        return F.grid_sample(volume[None], g[None], mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+
+
 def _depth_range(src: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[float, float]:
     """Nearest and farthest depth (along the central direction ``d``) of the box's corners."""
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
@@ -159,4 +182,4 @@ def project(volume: torch.Tensor, grid: VoxelGrid, geometry: CArmGeometry, *, ro
     return acc.numpy()
 
 
-__all__ = ["BLOCK_SAMPLES", "VoxelGrid", "crop", "frustum_crop", "project"]
+__all__ = ["BLOCK_SAMPLES", "DISP_STRIDE", "VoxelGrid", "crop", "frustum_crop", "project", "warp_volume"]

@@ -59,6 +59,9 @@ class CTRunCase:
     affine: tuple               # (sx, sy, sz) volume scaling about the annulus
     elastic_mm: float           # amplitude of the smooth elastic deformation
     elastic_cell_mm: float
+    clutter_lung: float         # lung markings (line integral of the ridges)
+    clutter_soft: float         # soft-tissue mottling (line integral)
+    clutter_cell_mm: float      # spacing of the finest markings
     root_scale: float           # radial scaling of the root region about its centre line
     shutters: tuple             # left, right, top, bottom (fractions of the frame)
     wedge: float                # strength of a wedge filter (0 none)
@@ -81,6 +84,18 @@ class CTRunCase:
 def _u(rng: np.random.Generator, wide: bool, real: tuple[float, float], far: tuple[float, float]) -> float:
     lo, hi = far if wide else real
     return float(rng.uniform(lo, hi))
+
+
+def _grey_targets(rng: np.random.Generator, wide: bool) -> tuple:
+    """Grey levels of the 1st, 5th, 50th, 95th and 99th percentiles of a frame (real TAVI frames:
+    about 52, 75, 131, 193, 226)."""
+    if wide:
+        t = (rng.uniform(0, 80), rng.uniform(20, 110), rng.uniform(95, 165), rng.uniform(160, 235), rng.uniform(190, 255))
+    else:
+        shift = rng.normal(0.0, 4.0)
+        t = (rng.uniform(42, 62), rng.uniform(66, 84), rng.uniform(118, 134) + shift, rng.uniform(184, 202) + shift,
+             rng.uniform(213, 232))
+    return tuple(round(float(v), 2) for v in np.maximum.accumulate(np.asarray(t) + np.arange(5) * 1.0))
 
 
 def sample_ct_run(rng: np.random.Generator, config: PhantomConfig, *, valve: str, n_frames: int,
@@ -112,7 +127,7 @@ def sample_ct_run(rng: np.random.Generator, config: PhantomConfig, *, valve: str
     cranial = _u(rng, wide, (-20.0, 20.0), (-35.0, 35.0))
     sid = float(rng.uniform(900.0, 1200.0))
     sod = float(min(rng.uniform(600.0, 800.0), sid - 150.0))
-    fov_iso = _u(rng, wide, (125.0, 175.0), (100.0, 240.0))
+    fov_iso = _u(rng, wide, (120.0, 165.0), (100.0, 240.0))
     detector_fov = fov_iso * sid / sod
 
     # --- timing and contrast (v1's bolus model)
@@ -131,36 +146,39 @@ def sample_ct_run(rng: np.random.Generator, config: PhantomConfig, *, valve: str
         systolic_washout=float(rng.uniform(0.03, 0.2)), heart_rate_bpm=float(rng.uniform(55.0, 100.0)),
         cardiac_phase0=float(rng.random()), resp_period=float(rng.uniform(3.0, 5.5)), resp_phase0=float(rng.random()),
     )
-    iodine = {"easy": (11.0, 16.0), "medium": (8.0, 13.0), "hard": (5.0, 10.0)}[difficulty]
+    iodine = {"easy": (16.0, 26.0), "medium": (12.0, 20.0), "hard": (8.0, 14.0)}[difficulty]
     iodine_mg = _u(rng, wide, iodine, (2.0, 22.0))
     regurgitation = float(rng.choice([0.0, 0.1, 0.25, 0.45], p=[0.25, 0.3, 0.3, 0.15] if hard else [0.45, 0.3, 0.18, 0.07]))
 
     # --- physics and the image chain
     kvp = float(rng.uniform(70.0, 100.0))
-    photons = {"easy": (2500.0, 6000.0), "medium": (1200.0, 3500.0), "hard": (500.0, 1800.0)}[difficulty]
+    photons = {"easy": (5000.0, 12000.0), "medium": (3000.0, 7000.0), "hard": (1500.0, 4000.0)}[difficulty]
     organ_scale = {g: round(_u(rng, wide, (0.9, 1.1), (0.6, 1.4)), 4) for g in ORGAN_GROUPS}
     chain = ChainSettings(
         photons=_u(rng, wide, photons, (200.0, 8000.0)),
         electronic=_u(rng, wide, (0.002, 0.006), (0.0, 0.02)),
-        noise_corr_px=float(max(0.3, rng.uniform(0.5, 1.2) * k)),
+        noise_corr_px=float(rng.uniform(0.0, 0.6) * k),
         scatter_fraction=_u(rng, wide, (0.2, 0.6), (0.0, 1.0)),
         scatter_sigma_px=float(rng.uniform(40.0, 90.0) * k),
         focal_blur_px=float(rng.uniform(0.3, 0.9) * k),
-        detector_blur_px=float(rng.uniform(0.4, 1.0) * k),
+        detector_blur_px=float(rng.uniform(0.3, 0.7) * k),
         heel=float(rng.uniform(0.0, 0.15)),
         heel_angle=float(rng.uniform(0.0, 2 * np.pi)),
-        drc=_u(rng, wide, (0.3, 0.7), (0.0, 0.9)),
+        drc=_u(rng, wide, (0.7, 0.95), (0.0, 0.98)),
         drc_sigma_px=float(rng.uniform(60.0, 160.0) * k),
-        enhance_mid=_u(rng, wide, (0.8, 2.0), (0.0, 3.5)),
-        enhance_mid_px=float(rng.uniform(6.0, 16.0) * k),
-        enhance_fine=_u(rng, wide, (0.3, 1.2), (0.0, 2.5)),
+        enhance_mid=_u(rng, wide, (2.0, 3.6), (0.0, 6.0)),
+        display_noise=_u(rng, wide, (0.9, 1.6), (0.3, 5.0)),
+        display_noise_px=float(rng.uniform(0.0, 0.45) * k),
+        enhance_mid_px=float(rng.uniform(8.0, 24.0) * k),
+        enhance_fine=_u(rng, wide, (0.0, 0.5), (0.0, 2.0)),
         enhance_fine_px=float(max(0.8, rng.uniform(1.5, 3.0) * k)),
-        grey_p1=_u(rng, wide, (38.0, 66.0), (0.0, 90.0)),
-        grey_p99=_u(rng, wide, (212.0, 238.0), (170.0, 255.0)),
-        grey_median=_u(rng, wide, (120.0, 142.0), (95.0, 165.0)),
+        grey_targets=_grey_targets(rng, wide),
         jpeg_quality=int(rng.integers(75, 96)) if rng.random() < 0.25 else 0,
     )
-    shutters = tuple(float(rng.uniform(0.0, 0.08)) if rng.random() < (0.5 if wide else 0.12) else 0.0 for _ in range(4))
+    shutters = [float(rng.uniform(0.0, 0.08)) if rng.random() < (0.5 if wide else 0.12) else 0.0 for _ in range(4)]
+    if not wide and rng.random() < 0.5:  # the upper collimator blade just inside the field
+        shutters[2] = float(rng.uniform(0.003, 0.035))
+    shutters = tuple(shutters)
     ecg = int(min(4, rng.poisson(1.6 if hard else 0.9)))
     devices = DeviceOptions(
         stage=stage, valve=valve, density=_u(rng, wide, (0.8, 1.2), (0.4, 1.8)),
@@ -175,11 +193,11 @@ def sample_ct_run(rng: np.random.Generator, config: PhantomConfig, *, valve: str
     return CTRunCase(
         stage=stage, valve=valve, difficulty=difficulty, wide=wide, size=config.size,
         lao_deg=lao, cranial_deg=cranial, sid_mm=sid, sod_mm=sod, detector_fov_mm=float(detector_fov),
-        annulus_col=_u(rng, wide, (0.36, 0.52), (0.25, 0.7)),
+        annulus_col=_u(rng, wide, (0.28, 0.44), (0.22, 0.7)),
         annulus_row=_u(rng, wide, (0.44, 0.58), (0.35, 0.75)),
         kvp=kvp, bone_excess=float(rng.uniform(0.3, 0.8) * (100.0 - kvp + 40.0) / 55.0),
         organ_scale=organ_scale, iodine_mg_ml=iodine_mg,
-        texture=_u(rng, wide, (0.12, 0.35) if not easy else (0.08, 0.25), (0.0, 0.6)),
+        texture=_u(rng, wide, (0.3, 0.6) if not easy else (0.25, 0.45), (0.0, 0.8)),
         regurgitation=regurgitation,
         rest_fraction=float(rng.uniform(0.2, 0.9)) if rng.random() < 0.7 else 0.0,
         coronary=float(rng.uniform(0.4, 0.9)) if rng.random() < 0.6 else 0.0,
@@ -189,11 +207,14 @@ def sample_ct_run(rng: np.random.Generator, config: PhantomConfig, *, valve: str
         affine=tuple(round(_u(rng, wide, (0.92, 1.08), (0.8, 1.2)), 4) for _ in range(3)),
         elastic_mm=_u(rng, wide, (0.0, 6.0), (0.0, 12.0)),
         elastic_cell_mm=float(rng.uniform(50.0, 90.0)),
-        root_scale=_u(rng, wide, (0.9, 1.2), (0.75, 1.4)),
+        clutter_lung=_u(rng, wide, (0.1, 0.22), (0.0, 0.4)),
+        clutter_soft=_u(rng, wide, (0.04, 0.08), (0.0, 0.14)),
+        clutter_cell_mm=float(rng.uniform(2.5, 4.0)),
+        root_scale=_u(rng, wide, (0.78, 1.0), (0.7, 1.4)),
         shutters=shutters,
         wedge=float(rng.uniform(0.1, 0.3)) if rng.random() < 0.15 else 0.0,
         chain=chain, devices=devices,
     )
 
 
-__all__ = ["CTRunCase", "ORGAN_GROUPS", "sample_ct_run"]
+__all__ = ["ORGAN_GROUPS", "CTRunCase", "sample_ct_run"]

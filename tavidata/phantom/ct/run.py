@@ -14,7 +14,7 @@ plateau, wash-out; lag of the ascending part, systolic wash-out, reflux), plus t
 inside the heart, warped by one smooth cardiac displacement (the same warp moves the mask);
 the background and chest-wall devices shifted by breathing; then the image chain
 (Beer-Lambert, scatter, blur, noise, log, processing, tone curve). The mask is the projection of
-the root region (chord through it > :data:`MASK_CHORD_MM`), warped with the frame.
+the root region (chord through it > :data:`MASK_CHORD_VOXELS` voxels), warped with the frame.
 """
 
 from __future__ import annotations
@@ -32,20 +32,35 @@ from tavidata.phantom import raster
 from tavidata.phantom.config import PhantomConfig
 from tavidata.phantom.ct.devices3d import render_devices_3d
 from tavidata.phantom.ct.geometry import CArmGeometry, centred_isocentre
-from tavidata.phantom.ct.physics import ImageChain, attenuation, effective_energy_kev, iodine_mu_per_mm
-from tavidata.phantom.ct.projector import VoxelGrid, crop, frustum_crop, project
+from tavidata.phantom.ct.physics import (
+    ImageChain,
+    attenuation,
+    effective_energy_kev,
+    iodine_mu_per_mm,
+)
+from tavidata.phantom.ct.projector import (
+    VoxelGrid,
+    crop,
+    frustum_crop,
+    project,
+    warp_volume,
+)
 from tavidata.phantom.ct.randomise import ORGAN_GROUPS, CTRunCase
 from tavidata.phantom.ct.root import RootRegion, find_root
 from tavidata.phantom.ct.volume import CTVolume, default_ct_dir, load_ct
 
 logger = logging.getLogger(__name__)
 
-#: A pixel is root when its ray crosses at least this much of the root region (mm).
-MASK_CHORD_MM = 1.0
+#: A pixel is root when its ray crosses at least this many voxels' length of the root region
+#: (with trilinear sampling of the binary label this puts the edge within half a voxel of the
+#: label's, tests/phantom/test_ct_geometry.py).
+MASK_CHORD_VOXELS = 1.2
 #: Root voxels less than this far above the annulus (along the axis) fill first (sinus part).
 SINUS_HEIGHT_MM = 25.0
 #: Sample step of the background's rays, in voxels (the iodine regions: one voxel).
 BACKGROUND_STEP = 1.33
+#: Transmission of the collimator blades (they also scatter: not black).
+COLLIMATOR_TRANSMISSION = 0.15
 #: Grid of the deformation field (points per axis).
 DEFORM_GRID = 12
 #: Coarse grid step (px) of the cardiac motion field.
@@ -144,11 +159,11 @@ def _open_field(case: CTRunCase, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(open-field bool mask, transmission of collimators and wedge) at the output size."""
     left, right, top, bottom = case.shutters
     t = np.ones((size, size), np.float32)
-    x0, x1 = int(round(left * size)), size - int(round(right * size))
-    y0, y1 = int(round(top * size)), size - int(round(bottom * size))
+    x0, x1 = round(left * size), size - round(right * size)
+    y0, y1 = round(top * size), size - round(bottom * size)
     open_field = np.zeros((size, size), bool)
     open_field[y0:y1, x0:x1] = True
-    t[~open_field] = 0.04
+    t[~open_field] = COLLIMATOR_TRANSMISSION
     if case.wedge > 0:
         xx = np.linspace(0.0, 1.0, size, dtype=np.float32)
         ramp = np.clip((xx - 0.75) / 0.25, 0.0, 1.0)
@@ -173,9 +188,11 @@ class CTScene:
     axis_2d: np.ndarray
     annulus_px: np.ndarray
     info: dict = field(default_factory=dict)
+    _motion: tuple | None = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
+        """Frame shape (H, W)."""
         return self.background.shape  # type: ignore[return-value]
 
     def gains(self, t: float) -> dict[str, float]:
@@ -205,15 +222,16 @@ class CTScene:
         swing = c.cardiac_swing_mm * ppm * np.sin(2 * np.pi * ph)
         resp = c.resp_mm * ppm * float(tm.breathing(t))
         normal = np.array([-self.axis_2d[1], self.axis_2d[0]])
-        gh, gw = h // MOTION_STEP + 2, w // MOTION_STEP + 2
-        cx = (np.arange(gw, dtype=np.float32) + 0.5) * (w / gw) - 0.5
-        cy = (np.arange(gh, dtype=np.float32) + 0.5) * (h / gh) - 0.5
-        X, Y = np.meshgrid(cx, cy)
-        d2 = (X - self.annulus_px[0]) ** 2 + (Y - self.annulus_px[1]) ** 2
-        wgt = np.exp(-d2 / (2 * (0.45 * w) ** 2)).astype(np.float32)
-        dx = wgt * (-long * self.axis_2d[0] + swing * normal[0]) + 0.0
-        dy = wgt * (-long * self.axis_2d[1] + swing * normal[1]) + resp
-        gx, gy = raster.grid((h, w))
+        if self._motion is None:
+            gh, gw = h // MOTION_STEP + 2, w // MOTION_STEP + 2
+            cx = (np.arange(gw, dtype=np.float32) + 0.5) * (w / gw) - 0.5
+            cy = (np.arange(gh, dtype=np.float32) + 0.5) * (h / gh) - 0.5
+            X, Y = np.meshgrid(cx, cy)
+            d2 = (X - self.annulus_px[0]) ** 2 + (Y - self.annulus_px[1]) ** 2
+            self._motion = (np.exp(-d2 / (2 * (0.45 * w) ** 2)).astype(np.float32), *raster.grid((h, w)))
+        wgt, gx, gy = self._motion
+        dx = wgt * np.float32(-long * self.axis_2d[0] + swing * normal[0])
+        dy = wgt * np.float32(-long * self.axis_2d[1] + swing * normal[1]) + np.float32(resp)
         map_x = gx - cv2.resize(dx.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         map_y = gy - cv2.resize(dy.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
         moved = cv2.remap(layer, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
@@ -227,13 +245,33 @@ class CTScene:
     def render(self, t: float, noise_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """One frame at time ``t``: (uint8 image, bool mask)."""
         total, mask = self.line_integral(t)
-        return self.chain.to_uint8(self.chain.processed(total, noise_rng)), mask
+        return self.chain.to_uint8(self.chain.processed(total, noise_rng), noise_rng), mask
 
 
-def _resize(img: np.ndarray, size: int) -> np.ndarray:
+def _resize(img: np.ndarray, size: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     if img.shape == (size, size):
         return img.astype(np.float32)
-    return cv2.resize(img.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(img.astype(np.float32), (size, size), interpolation=interpolation)
+
+
+def lung_markings(rng: np.random.Generator, background: np.ndarray, case: CTRunCase, ppm: float) -> np.ndarray:
+    """Fine anatomical clutter the resampled CT is too coarse to hold, as line integrals.
+
+    Band-limited mottling at 1x, 2x and 4x ``clutter_cell_mm`` (overlapping small pulmonary
+    vessels and interstitium), weighted by how bright the background is (the lung fields), plus a
+    fainter mottling everywhere (soft tissue, fat, trabecular bone), drawn once per run and
+    moving with the background.
+    """
+    shape = background.shape
+    t = np.exp(-background)
+    lung = np.clip((t / float(np.median(t)) - 0.9) / 1.2, 0.0, 1.0).astype(np.float32)
+    lung = cv2.GaussianBlur(lung, (0, 0), max(1.0, 4.0 * ppm))
+    markings = np.zeros(shape, np.float32)
+    for scale, weight in ((1.0, 0.5), (2.0, 0.35), (4.0, 0.25)):
+        cell = max(2.0, scale * case.clutter_cell_mm * ppm)
+        markings += np.float32(weight) * raster.smooth_noise(rng, shape, cell, octaves=1)
+    mottle = raster.smooth_noise(rng, shape, max(2.0, 2.5 * case.clutter_cell_mm * ppm), octaves=3)
+    return (case.clutter_lung * (0.2 + 0.8 * lung) * markings + case.clutter_soft * mottle).astype(np.float32)
 
 
 def build_ct_scene(rng: np.random.Generator, case: CTRunCase, anatomy: Anatomy, *, projection_size: int) -> CTScene:
@@ -259,17 +297,17 @@ def build_ct_scene(rng: np.random.Generator, case: CTRunCase, anatomy: Anatomy, 
         scale_lut[anatomy.group_of_label == g] = case.organ_scale[name]
     mu = attenuation(hu_t[0].numpy(), lab_t[0].numpy(), kev=kev, bone_excess=case.bone_excess, label_scale=scale_lut)
     disp = deformation_field(rng, case, sub_grid, anatomy.root)
-    bg = project(torch.from_numpy(mu)[None], sub_grid, geometry, rows=proj, cols=proj, displacement=disp,
-                 step_mm=BACKGROUND_STEP * anatomy.grid.voxel_mm)[0]
+    mu_t = warp_volume(torch.from_numpy(mu)[None], sub_grid, disp)
+    bg = project(mu_t, sub_grid, geometry, rows=proj, cols=proj, step_mm=BACKGROUND_STEP * anatomy.grid.voxel_mm)[0]
     # --- iodine regions, same rays and the same deformation
     iod_t, iod_grid = frustum_crop(anatomy.iodine, anatomy.iodine_grid, geometry, margin_mm=20.0)
     disp_i = _regrid_displacement(disp, sub_grid, iod_grid)
-    iod = project(iod_t, iod_grid, geometry, rows=proj, cols=proj, displacement=disp_i)
+    iod = project(warp_volume(iod_t, iod_grid, disp_i), iod_grid, geometry, rows=proj, cols=proj)
     t_proj = time.perf_counter() - started
     mu_i = iodine_mu_per_mm(kev, case.iodine_mg_ml)
     chord_root = _resize(iod[0] + iod[1], size)
-    mask = ((chord_root > MASK_CHORD_MM).astype(np.uint8) * 255)
-    tex = 1.0 + case.texture * raster.smooth_noise(rng, (size, size), size / 14.0, octaves=3)
+    mask = ((chord_root > MASK_CHORD_VOXELS * anatomy.grid.voxel_mm).astype(np.uint8) * 255)
+    tex = 1.0 + case.texture * raster.smooth_noise(rng, (size, size), size / 20.0, octaves=3)
     tex = np.clip(tex, 0.2, 2.0).astype(np.float32)
     iodine = {
         "root_low": _resize(iod[0], size) * np.float32(mu_i) * tex,
@@ -280,11 +318,13 @@ def build_ct_scene(rng: np.random.Generator, case: CTRunCase, anatomy: Anatomy, 
                                 coronary_mu_per_mm=mu_i if case.coronary > 0 else 0.0)
     iodine["coronary"] = devices.coronary
     open_field, transmission = _open_field(case, size)
-    chain = ImageChain(case.chain, (size, size), rng, open_field, wedge=transmission)
+    chain = ImageChain(case.chain, (size, size), open_field, wedge=transmission)
     px, _ = geometry.project(np.stack([anatomy.root.annulus_mm, anatomy.root.annulus_mm + 30.0 * anatomy.root.axis]))
     axis_2d = px[1] - px[0]
     axis_2d = axis_2d / (np.linalg.norm(axis_2d) + 1e-9)
-    scene = CTScene(case=case, geometry=geometry, background=_resize(bg, size), iodine=iodine,
+    background = _resize(bg, size, cv2.INTER_CUBIC)
+    background += lung_markings(rng, background, case, size / (case.detector_fov_mm / geometry.magnification))
+    scene = CTScene(case=case, geometry=geometry, background=background, iodine=iodine,
                     heart_devices=devices.heart, surface_devices=devices.surface, mask=mask, open_field=open_field,
                     chain=chain, axis_2d=axis_2d.astype(np.float32), annulus_px=px[0].astype(np.float32),
                     info={"devices": devices.info, "projection_s": round(t_proj, 3), "projection_size": proj,
@@ -315,8 +355,16 @@ def ct_dir_of(config: PhantomConfig) -> str:
     return str(config.ct_dir) if config.ct_dir else str(default_ct_dir())
 
 
-__all__ = ["Anatomy", "CTScene", "MASK_CHORD_MM", "build_ct_scene", "ct_dir_of", "deformation_field", "load_anatomy",
-           "run_geometry"]
+__all__ = [
+    "MASK_CHORD_VOXELS",
+    "Anatomy",
+    "CTScene",
+    "build_ct_scene",
+    "ct_dir_of",
+    "deformation_field",
+    "load_anatomy",
+    "run_geometry",
+]
 
 
 def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *, n_frames: int | None = None,

@@ -203,5 +203,14 @@ def load_ct(ct_dir: str | Path, voxel_mm: float = 1.5) -> CTVolume:
     return vol
 
 
-__all__ = ["CTDataMissingError", "CTVolume", "CT_FILES", "FETCH_COMMAND", "check_ct_dir", "default_ct_dir",
-           "load_ct", "read_structures", "sha256_of"]
+__all__ = [
+    "CT_FILES",
+    "FETCH_COMMAND",
+    "CTDataMissingError",
+    "CTVolume",
+    "check_ct_dir",
+    "default_ct_dir",
+    "load_ct",
+    "read_structures",
+    "sha256_of",
+]

@@ -1,0 +1,81 @@
+"""Fitting a folder's QC data end to end (`taviseg qc fit`), and the training hook's size guard."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from segmentation.inference.engine import InferenceEngine
+from segmentation.qc.fit import fit_after_training
+from segmentation.qc.store import QC_JSON, load_quality_model
+from tavidata.format import DatasetWriter
+from tavidata.splits import split_dataset
+from taviseg.cli import main as taviseg_main
+from tests.segmentation.conftest import make_model_folder, smooth_frames
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def labelled_dataset(root, folder, *, patients=8, frames=4):
+    """Frames whose ground truth is the model's own mask (Dice 1) for even patients and a
+    shifted copy of it (Dice near 0) for odd ones: both label classes, known in advance."""
+    engine = InferenceEngine.from_folder(folder, device="cpu", backend="eager", host_threads=0)
+    with DatasetWriter(root, name="qc-fit-test") as writer:
+        for p in range(patients):
+            images = smooth_frames(frames, 64, 64, seed=100 + p)
+            masks = engine.predict(images).masks
+            for i, (img, m) in enumerate(zip(images, masks)):
+                gt = m if p % 2 == 0 else np.roll(m, 32, axis=(0, 1)) & ~m
+                writer.add(f"P{p:03d}", "run01", i, img, gt, spacing_mm=(0.5, 0.5))
+    split_dataset(root, k=2, seed=0, val_fraction=0.25)
+    return root
+
+
+def test_qc_fit_command_writes_qc_data_the_folder_then_loads(tmp_path):
+    folder = make_model_folder(tmp_path / "model", size=64)
+    data = labelled_dataset(tmp_path / "data", folder)
+    stress = tmp_path / "stress"
+    assert taviseg_main(["-q", "qc", "stress", "--out", str(stress), "--size", "64", "--runs", "1",
+                         "--frames", "2", "--no-samples"]) == 0
+    assert load_quality_model(folder) is None
+    assert taviseg_main(["-q", "qc", "fit", str(folder), "--data", str(data), "--stress", str(stress),
+                         "--device", "cpu"]) == 0
+    qc = load_quality_model(folder)
+    assert qc is not None and 0.05 <= qc.flag_below <= 0.95
+    data_json = json.loads((folder / QC_JSON).read_text())
+    assert data_json["provenance"]["frames"]["stress"] == 20
+    assert set(data_json["provenance"]["weights_sha256"]) == {"0"}
+    for f, c in zip(qc.calibrator.features, qc.calibrator.coef):
+        assert c * {"ood_log_distance": -1, "boundary_entropy": -1, "shape_implausibility": -1,
+                    "components": -1}.get(f, 1) >= 0
+
+
+def test_qc_fit_of_one_label_class_is_an_error_not_a_crash(tmp_path, capsys):
+    folder = make_model_folder(tmp_path / "model", size=64)
+    data = tmp_path / "data"
+    with DatasetWriter(data, name="all-empty") as writer:
+        for p in range(8):
+            for i, img in enumerate(smooth_frames(2, 64, 64, seed=p)):
+                writer.add(f"P{p:03d}", "run01", i, img, np.ones((64, 64), bool))
+    split_dataset(data, k=2, seed=0, val_fraction=0.25)
+    assert taviseg_main(["-q", "qc", "fit", str(folder), "--data", str(data), "--stress", str(data),
+                         "--device", "cpu"]) == 1
+    assert "both classes" in capsys.readouterr().err
+    assert load_quality_model(folder) is None
+
+
+def test_training_hook_skips_tiny_data_sets(tmp_path):
+    folder = make_model_folder(tmp_path / "model", size=64)
+    data = labelled_dataset(tmp_path / "data", folder, patients=4, frames=2)
+    assert fit_after_training(folder, data, tmp_path / "stress", device="cpu") is None
+    assert not (folder / QC_JSON).exists() and not (tmp_path / "stress").exists()
