@@ -22,15 +22,10 @@ import copy
 import statistics
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from pynetdicom import AE
 
-from pynetdicom import AE  # noqa: E402
-
-from dicom_node.sop import (  # noqa: E402
+from dicom_node.sop import (
     TRANSFER_SYNTAXES,
     VERIFICATION_SOP_CLASS,
     SharedUidContext,

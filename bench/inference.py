@@ -5,7 +5,9 @@ The naive way is the authors' style (their predict.py): one frame at a time, cv2
 runs the same weights through :class:`segmentation.inference.engine.InferenceEngine` (backend
 ``auto``: ONNX Runtime on CPU, bf16/fp16 autocast on GPU; batched; post-processing and
 confidence included). Prints ONE summary line on stdout with both figures and their ratio,
-and one line per backend (frames/s and max |p - p_eager|, mask Dice vs eager) on stderr.\nThe naive and engine passes are interleaved and the best of ``--repeats`` is kept (robust\nto other load on a shared machine).
+and one line per backend (frames/s and max |p - p_eager|, mask Dice vs eager) on stderr.
+The naive and engine passes are interleaved and the best of ``--repeats`` is kept (robust
+to other load on a shared machine).
 
     .venv/bin/python bench/inference.py [--arch manet --encoder efficientnet-b4 --size 512
                                          --frames 16 --batch 4 --device auto --model DIR]
@@ -17,8 +19,9 @@ uint8 frames (CPU on 2 cores: about 1-2 min including the one-off ONNX export, n
 MA-Net/EfficientNet-B4 and LinkNet/ResNet-18 at 512 px (``--models``): the naive loop, the
 engine with ONNX Runtime fp32 (``onnx``), with the folder's int8 variant (``onnx-int8``, made
 by :mod:`segmentation.inference.quantize` when missing, its accuracy check included), and,
-where the ``openvino`` package is installed, the engine with OpenVINO fp32 and (with ``nncf``)
-OpenVINO int8 backends defined here. Frames: the held-out test patients of the bench's phantom
+where the ``openvino`` package is installed, the engine with OpenVINO backends defined here:
+fp32 (precision hint f32), OpenVINO's default precision (bf16 on CPUs with AVX512-BF16 or AMX)
+and, with ``nncf``, int8. Frames: the held-out test patients of the bench's phantom
 cohort (never trained or calibrated on). Weights: a short phantom training per model
 (:mod:`bench.inference_models`, cached under ``--workdir``; first run 20-40 min on 2 busy cores).
 Prints ONE summary line with each variant's frames/s, its ratio to the naive loop, and its
@@ -45,16 +48,18 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from segmentation.inference.engine import InferenceEngine
-from segmentation.inference.preprocess import to_model_input
-from segmentation.inference.quantize import (
+from segmentation.inference.backends import OnnxBackend  # noqa: E402 - after the sys.path line above (bench/ is not installed)
+from segmentation.inference.engine import InferenceEngine  # noqa: E402 - after the sys.path line above (bench/ is not installed)
+from segmentation.inference.preprocess import to_model_input  # noqa: E402 - after the sys.path line above (bench/ is not installed)
+from segmentation.inference.quantize import (  # noqa: E402 - after the sys.path line above (bench/ is not installed)
     INT8_VARIANT,
+    AccuracyCheckError,
     model_batches,
     quantize_model_folder,
 )
-from segmentation.metrics import dice
-from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder
-from segmentation.models.zoo import build_model
+from segmentation.metrics import dice  # noqa: E402 - after the sys.path line above (bench/ is not installed)
+from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder  # noqa: E402 - after the sys.path line above (bench/ is not installed)
+from segmentation.models.zoo import build_model  # noqa: E402 - after the sys.path line above (bench/ is not installed)
 
 logger = logging.getLogger("bench.inference")
 
@@ -71,7 +76,8 @@ def synthetic_frames(n: int, size: int = 1000, seed: int = 0) -> np.ndarray:
     return out
 
 
-def naive_predict(model: torch.nn.Module, frames: np.ndarray, spec: ModelSpec, device: torch.device) -> list[np.ndarray]:
+def naive_predict(model: torch.nn.Module, frames: np.ndarray, spec: ModelSpec,
+                  device: torch.device) -> list[np.ndarray]:
     """The authors' way: per frame resize, /255, fp32 forward under no_grad, threshold, resize back."""
     masks = []
     model = model.to(device).eval()
@@ -211,16 +217,18 @@ class OpenVinoBackend:
     and ``threads`` inference threads; the batch axis stays dynamic.
     """
 
-    def __init__(self, model, *, threads: int, name: str) -> None:
+    def __init__(self, model, *, threads: int, name: str, precision: str | None = None) -> None:
         import openvino as ov
 
         core = ov.Core()
         if isinstance(model, (str, Path)):
             model = core.read_model(str(model))
         self.name = name
-        self.compiled = core.compile_model(model, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads),
-        })
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}
+        if precision is not None:  # OpenVINO's default on CPUs with AVX512-BF16 or AMX is bf16
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.request = self.compiled.create_infer_request()
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -296,7 +304,7 @@ def run_variants(args: argparse.Namespace) -> int:
     openvino_on = False
     if not args.no_openvino:
         try:
-            import openvino  # noqa: F401
+            import openvino  # noqa: F401 - only probes whether it is installed
 
             openvino_on = True
         except ImportError:
@@ -306,22 +314,43 @@ def run_variants(args: argparse.Namespace) -> int:
         arch, encoder = item.split("/")
         folder = load_model_folder(ensure_trained(workdir, arch, encoder, args.size, budget_s=args.train_budget_s))
         spec, fold = folder.spec, folder.folds[0]
+        rejected: Path | None = None
         if folder.variant_file(INT8_VARIANT, fold) is None:
-            report, t_q = timed(quantize_model_folder, folder, root, folds=[fold], onnx_cache_dir=cache)
-            print(f"  {arch}/{encoder}: quantised in {t_q:.0f} s; {report.checks[0].describe()}", file=sys.stderr)
-        check = folder.variants[INT8_VARIANT].provenance["calibration"]["folds"][str(fold)]["check"]
+            rejected_dir = workdir / "rejected" / f"{arch}-{encoder}-{args.size}"
+            try:
+                report, t_q = timed(quantize_model_folder, folder, root, folds=[fold], onnx_cache_dir=cache,
+                                    rejected_dir=rejected_dir)
+                check_line = report.checks[0].describe()
+            except AccuracyCheckError as exc:  # still timed, and reported as refused
+                rejected, check_line = exc.report.files[fold], exc.report.checks[0].describe()
+            print(f"  {arch}/{encoder}: quantised: {check_line}", file=sys.stderr)
+        else:
+            check = folder.variants[INT8_VARIANT].provenance["calibration"]["folds"][str(fold)]["check"]
+            check_line = (f"int8 vs fp32 Dice median {check['median_dice_vs_fp32']:.4f}, worst "
+                          f"{check['min_dice_vs_fp32']:.4f} ({check['worst_frame']}), GT Dice change "
+                          f"{check['dice_change']:+.4f}: passed")
         engines: dict[str, InferenceEngine] = {}
         setups: dict[str, float] = {}
-        for backend in ("eager", "onnx", INT8_VARIANT):
+        for backend in ("eager", "onnx") if rejected else ("eager", "onnx", INT8_VARIANT):
             engines[backend], setups[backend] = timed(
                 InferenceEngine.from_folder, folder, device="cpu", backend=backend, batch_size=args.batch,
                 folds=[fold], onnx_cache_dir=cache)
+        if rejected:
+            name = f"{INT8_VARIANT}-REFUSED"
+            t0 = time.perf_counter()
+            engines[name] = InferenceEngine(folder, {fold: OnnxBackend(rejected, threads=threads, name=name)},
+                                            device=device, backend_name=name, batch_size=args.batch)
+            setups[name] = time.perf_counter() - t0
         if openvino_on:
             fp32_onnx = cached_onnx_path(folder, fold, cache)
-            ov_backends = {"openvino-fp32": lambda path=fp32_onnx: OpenVinoBackend(
-                path, threads=threads, name="openvino-fp32")}
+            ov_backends = {
+                "openvino-fp32": lambda path=fp32_onnx: OpenVinoBackend(
+                    path, threads=threads, name="openvino-fp32", precision="f32"),
+                "openvino-default": lambda path=fp32_onnx: OpenVinoBackend(
+                    path, threads=threads, name="openvino-default"),
+            }
             try:
-                import nncf  # noqa: F401
+                import nncf  # noqa: F401 - only probes whether it is installed
 
                 cal_images = [dataset.read_image(r) for r in _spread(calibration_records(root)[1], 32)]
                 cal_batches = model_batches(folder, cal_images, args.batch)
@@ -341,7 +370,7 @@ def run_variants(args: argparse.Namespace) -> int:
             eng.predict(frames[:args.batch])  # warm-up (ORT arena, OpenVINO first inference)
         times: dict[str, list[float]] = {name: [] for name in ["naive", *engines]}
         masks: dict[str, list[np.ndarray]] = {}
-        for rep in range(args.repeats):  # interleaved passes: load changes hit every variant alike
+        for _ in range(args.repeats):  # interleaved passes: load changes hit every variant alike
             times["naive"] += [timed(naive_predict, model, frames[i:i + 1], spec, device)[1]
                                for i in range(len(frames))]
             for name, eng in engines.items():
@@ -365,15 +394,14 @@ def run_variants(args: argparse.Namespace) -> int:
             cells.append(f"{name} {fps[name]:.2f} f/s {fps[name] / fps['naive']:.2f}x "
                          f"(vs fp32 Dice median {np.median(vs):.4f} worst {vs[w]:.4f} {ids[w]}; "
                          f"GT Dice {gt_ref:.4f} -> {gt:.4f} {gt - gt_ref:+.4f})")
-            print(f"  {arch}/{encoder} {name:<14} best {1000 / fps[name]:.0f} ms/frame, median "
+            precision = getattr(next(iter(engines[name].backends.values())), "precision", "")
+            print(f"  {arch}/{encoder} {name:<14} {precision} best {1000 / fps[name]:.0f} ms/frame, median "
                   f"{1000 / med[name]:.0f} ms/frame ({med[name] / med['naive']:.2f}x naive by medians), "
                   f"setup {setups[name]:.1f} s", file=sys.stderr)
         print(f"  {arch}/{encoder} naive          best {1000 / fps['naive']:.0f} ms/frame, median "
               f"{1000 / med['naive']:.0f} ms/frame; eager batched engine best {1000 / fps['eager']:.0f} ms/frame",
               file=sys.stderr)
-        print(f"  {arch}/{encoder} quantiser's check on its own held-out frames: int8 vs fp32 Dice median "
-              f"{check['median_dice_vs_fp32']:.4f}, worst {check['min_dice_vs_fp32']:.4f} ({check['worst_frame']}), "
-              f"GT Dice change {check['dice_change']:+.4f}", file=sys.stderr)
+        print(f"  {arch}/{encoder} quantiser's check on its own held-out frames: {check_line}", file=sys.stderr)
         parts.append("; ".join(cells))
         del engines, model
     print(

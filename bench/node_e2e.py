@@ -266,9 +266,9 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     from segmentation.inference.engine import InferenceEngine
     from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder
     from segmentation.models.zoo import build_model
-    from testkit.orthanc import start_orthanc
-    from testkit.node import NodeProcess, base_config, write_config
     from tavidata.phantom import PhantomConfig, generate_run, patient_seed
+    from testkit.node import NodeProcess, base_config, write_config
+    from testkit.orthanc import start_orthanc
 
     # ---- model folder, phantom run files ----------------------------------------------------
     if args.model is None:

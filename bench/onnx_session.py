@@ -32,15 +32,16 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+# run as a script: the bench package is not installed
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.inference import synthetic_frames  # noqa: E402
-from segmentation.inference.backends import OnnxBackend, cached_onnx_path  # noqa: E402
-from segmentation.inference.engine import InferenceEngine  # noqa: E402
-from segmentation.inference.preprocess import to_model_input  # noqa: E402
-from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder  # noqa: E402
-from segmentation.models.zoo import build_model  # noqa: E402
+from bench.inference import synthetic_frames  # noqa: E402 - sys.path set above
+from segmentation.inference.backends import OnnxBackend, cached_onnx_path  # noqa: E402 - sys.path set above
+from segmentation.inference.engine import InferenceEngine  # noqa: E402 - sys.path set above
+from segmentation.inference.preprocess import to_model_input  # noqa: E402 - sys.path set above
+from segmentation.models.folder import ModelSpec, load_model_folder, save_model_folder  # noqa: E402 - sys.path set above
+from segmentation.models.zoo import build_model  # noqa: E402 - sys.path set above
 
 
 def main(argv: list[str] | None = None) -> int:

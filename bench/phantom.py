@@ -5,19 +5,20 @@ Our generator (:func:`tavidata.phantom.generate_run`) draws the static scene of 
 heart layers, one smooth warp, a shift, noise and a tone LUT. The naive baseline rebuilds the
 whole scene for every frame (what a per-frame renderer without a static cache does), then
 renders that frame. Both run in this process on the same run settings, with OpenCV forced to
-one thread. Prints ONE summary line on stdout:
+one thread. Prints one summary line per generator on stdout:
 
     phantom bench: 1000x1000, 50 frames/run, 1 thread: generator 24.3 frames/s (scene 420 ms
     once + 21.5 ms/frame) | naive re-render 2.2 frames/s | ratio 11.0x
 
-    phantom bench ct: 2 threads, best of 3: 512x512 static 1.9 s/run + 25.0 frames/s (40 ms/frame) |
-    1000x1000 static 3.1 s/run + 7.0 frames/s | ct_paper estimate 19.2 min (240 runs, 2854 frames) | ...
+    phantom bench ct: 2 threads, best of 3: 512x512 static 2.13 s/run + 112.8 frames/s (9 ms/frame) |
+    1000x1000 static 4.40 s/run + 12.8 frames/s | ct_paper estimate 21.3 min (240 runs, 2854 frames) | ...
 
     .venv/bin/python bench/phantom.py [--size 1000] [--frames 50] [--naive-frames 8] [--seed 0]
                                       [--repeats 3] [--generators v1,ct] [--ct-size 512] [--ct-threads 2]
 
 The v2 line (second) measures the static part of a run (the CT projected at the run's view,
-devices, tone fit) and the frames rendered after it; the figures in the example are made up.
+devices, tone fit) and the frames rendered after it (the example: 2026-12-07, 2 shared cores
+under a load average of about 10).
 
 The figures are the best of ``--repeats`` measurements (robust to other load on the machine).
 """
@@ -29,22 +30,17 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse
-import sys
-import time
-from pathlib import Path
+import argparse  # noqa: E402 - thread variables set above
+import sys  # noqa: E402 - thread variables set above
+import time  # noqa: E402 - thread variables set above
 
-import cv2
-import numpy as np
+import cv2  # noqa: E402 - thread variables set above
+import numpy as np  # noqa: E402 - thread variables set above
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tavidata.phantom.case import sample_patient, sample_run
-from tavidata.phantom.cohort import generate_run, patient_seed
-from tavidata.phantom.config import PhantomConfig
-from tavidata.phantom.imaging import build_scene
+from tavidata.phantom.case import sample_patient, sample_run  # noqa: E402 - thread variables set above
+from tavidata.phantom.cohort import generate_run, patient_seed  # noqa: E402 - thread variables set above
+from tavidata.phantom.config import PhantomConfig  # noqa: E402 - thread variables set above
+from tavidata.phantom.imaging import build_scene  # noqa: E402 - thread variables set above
 
 
 def naive_run(config: PhantomConfig, seed: int, n_frames: int, n_rendered: int) -> float:

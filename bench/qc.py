@@ -39,16 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import training  # noqa: F401  (first: Albumentations' network check off)
+import training  # noqa: F401 - sets NO_ALBUMENTATIONS_UPDATE (no network check)
 from segmentation.inference.engine import InferenceEngine
 from segmentation.qc.assess import QualityAssessor
 from segmentation.qc.fit import FAIL_DICE, evaluate_runs, fit_quality_model, runs_of
 from segmentation.qc.stress import StressSpec, build_stress_set
 from tavidata.format import Dataset
+
+REPO = Path(__file__).resolve().parent.parent
 
 logger = logging.getLogger("bench.qc")
 
@@ -228,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         f"failures flagged {100 * sens:.1f}% (old {100 * sens_old:.1f}%), missed {result['missed_failures']}; "
         f"no-root frames answered empty {result['no_root_answered_empty']}/{result['no_root_frames']}; "
         f"in-distribution frames gated {result['in_distribution_gated']}/{n_id}; "
-        f"AURC {result['aurc_quality']:.3f} vs {result['aurc_old_confidence']:.3f} (oracle {result['aurc_oracle']:.3f}); "
+        f"AURC {result['aurc_quality']:.3f} vs {result['aurc_old_confidence']:.3f} "
+        f"(oracle {result['aurc_oracle']:.3f}); "
         f"{result['seconds']:.0f} s"
     )
     return 0

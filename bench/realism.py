@@ -23,13 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 from tavicore.config import from_dict, to_dict
 from tavidata.phantom import generate_cohort, load_phantom_preset
 from tavidata.phantom.config import PhantomConfig
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def default_fingerprint_dir() -> Path:

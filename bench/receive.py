@@ -58,15 +58,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dicom_node.config import ProcessingConfig
+from dicom_node.errors import NotSegmentable
+from dicom_node.pipeline import OutputObject
+from dicom_node.spool import StoredInstance
+from tavicore.fileio import fsync_file
+
 REPO = Path(__file__).resolve().parent.parent
+# run as a script: testkit (imported lazily) is not in the .venv's editable install yet
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-
-from dicom_node.config import ProcessingConfig  # noqa: E402
-from dicom_node.errors import NotSegmentable  # noqa: E402
-from dicom_node.pipeline import OutputObject  # noqa: E402
-from dicom_node.spool import StoredInstance  # noqa: E402
-from tavicore.fileio import fsync_file  # noqa: E402
 
 logger = logging.getLogger("bench.receive")
 
@@ -175,7 +176,7 @@ class StoreScp:
     log_path: Path
     proc: subprocess.Popen | None = None
 
-    def start(self) -> "StoreScp":
+    def start(self) -> StoreScp:
         """Start and wait (bounded, polling C-ECHO) until it answers.
 
         Raises:
@@ -220,8 +221,8 @@ class BareScp:
     receive path's own speed)."""
 
     def __init__(self, folder: Path) -> None:
-        from pynetdicom import AE, evt
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE, evt
         from pynetdicom.sop_class import Verification, XRayAngiographicImageStorage
 
         from dicom_node.pdu_reader import FastPduReader
@@ -396,12 +397,13 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     before = node_store_seconds(metrics_port)
                     elapsed = send_file(path, nodes[target].port, "TAVISEG")
-                    wait_until(lambda: journal_counts(state_of(target)).get("skipped", 0) == i + 1, 60,
+                    wait_until(lambda target=target, i=i: journal_counts(state_of(target)).get("skipped", 0) == i + 1,
+                               60,
                                f"{target} journaling send {i + 1} (skipped by the receive-only processor)")
                     # the worker deletes the skipped file after journaling it: wait, so that freeing
                     # its blocks (and any discard) happens before the next send, not during it
                     instances = state_of(target) / "spool" / "instances"
-                    wait_until(lambda: not any(instances.iterdir()), 60,
+                    wait_until(lambda instances=instances: not any(instances.iterdir()), 60,
                                f"{target} deleting the file of send {i + 1}")
                     if target == "node":
                         handler.append(node_store_seconds(metrics_port)[0] - before[0])

@@ -35,18 +35,14 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from segmentation.models.zoo import build_model, padded_input_size  # noqa: E402
-from training.augment import build_train_transform  # noqa: E402
-from training.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
-from training.data import FrameDataset, make_loader  # noqa: E402
-from tavidata.format import Dataset, DatasetWriter  # noqa: E402
-from training.loss import SoftDiceLoss, dice_per_frame  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
-from training.train import autocast_dtype_for, resolve_device, train_one_epoch  # noqa: E402
+from segmentation.models.zoo import build_model, padded_input_size
+from tavidata.format import Dataset, DatasetWriter
+from training.augment import build_train_transform
+from training.config import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
+from training.data import FrameDataset, make_loader
+from training.loss import SoftDiceLoss, dice_per_frame
+from training.optim import build_optimizer
+from training.train import autocast_dtype_for, resolve_device, train_one_epoch
 
 logger = logging.getLogger("bench.train")
 
@@ -106,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
     device = resolve_device(args.device)
-    workers = (0 if device.type == "cpu" else min(8, os.cpu_count() or 1)) if args.workers == "auto" else int(args.workers)
+    if args.workers == "auto":
+        workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    else:
+        workers = int(args.workers)
     pad_to = padded_input_size(args.arch, args.size)
     optim = OptimConfig(name="adam", lr=args.lr)
 

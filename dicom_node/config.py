@@ -204,7 +204,7 @@ class ProcessingConfig:
     model_folder: Path | None = setting(None, doc="model folder (config.json + fold weights)")
     chunk_frames: int = setting(64, ge=1, le=100000, doc="frames decoded and predicted at once")
     workers: int = setting(1, ge=1, le=64, doc="runs processed concurrently")
-    outputs: tuple[str, ...] = setting(("seg",), doc="output kinds: seg, sr, gsps, sc")
+    outputs: tuple[str, ...] = setting(("seg", "sr", "sc"), doc="output kinds: seg, sr, gsps, sc")
     series_number: int = setting(9100, ge=1, le=2**31 - 1, doc="first series number of outputs")
     uid_root: str | None = setting(None, doc="UID root of output objects, ending with '.'")
     keep_processed: bool = setting(False, doc="keep received instances after processing")
@@ -214,6 +214,12 @@ class ProcessingConfig:
     inference: InferenceConfig = setting(
         default_factory=InferenceConfig,
         doc="how the model runs: the schema of conf/inference.yaml (onnx_cache_dir null: <state_dir>/onnx-cache)",
+    )
+    qc: Literal["mark", "withhold", "off"] = setting(
+        "mark",
+        doc="per-frame quality control (docs/qc.md): mark = segment every frame, list the uncertain ones "
+            "in the SR and the SEG's descriptions; withhold = no outline on uncertain frames, no SEG for a "
+            "failed run; off = no quality control",
     )
 
     def __post_init__(self) -> None:
@@ -255,7 +261,8 @@ class MetricsConfig:
 
     enabled: bool = setting(True, doc="serve metrics over HTTP")
     bind_address: str = setting("127.0.0.1", doc="address of the metrics endpoint")
-    port: int = setting(9108, ge=0, le=65535, doc="port of the metrics endpoint (0: any free port, written to the ready file)")
+    port: int = setting(9108, ge=0, le=65535,
+                        doc="port of the metrics endpoint (0: any free port, written to the ready file)")
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,9 @@ def _child_main(conn: multiprocessing.connection.Connection, cfg: ProcessingConf
         logging.getLogger(noisy).setLevel(max(log_level, logging.WARNING))
     # As in the node's process: received values (names, dates) never reach the logs.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    from dicom_node.node import install_log_escaping  # here: node imports this module
+
+    install_log_escaping()  # and no record of this process can forge a line of the node's log
     try:
         processor = load_processor(cfg, onnx_cache_dir=onnx_cache_dir)
     except Exception as exc:  # noqa: BLE001 - every load failure is reported to the node

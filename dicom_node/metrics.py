@@ -159,13 +159,13 @@ class MetricsServer:
         check = health or (list)
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            def do_GET(self) -> None:  # http.server's API name
                 if self.path.split("?")[0] == "/metrics":
                     body, ctype = render(reg), CONTENT_TYPE_PLAIN_0_0_4
                 elif self.path == "/healthz":
                     try:
                         problems = check()
-                    except Exception as exc:  # noqa: BLE001 (a failing check is a problem, not a crash)
+                    except Exception as exc:  # noqa: BLE001 - a failing check is a problem, not a crash
                         problems = [f"health check failed: {type(exc).__name__}"]
                     text = "ok" if not problems else "degraded: " + "; ".join(problems)
                     body, ctype, code = (text + "\n").encode(), "text/plain", 503 if problems else 200
@@ -178,7 +178,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 logger.debug("metrics http: " + format, *args)
 
         self._server = ThreadingHTTPServer(address, Handler)

@@ -331,7 +331,8 @@ class Node:
                 found.append(f"spool disk unreadable: {exc.strerror or exc}")
             else:
                 if free < limits.min_free_bytes:
-                    found.append(f"spool disk free space {free} bytes below limits.min_free_bytes={limits.min_free_bytes}")
+                    found.append(f"spool disk free space {free} bytes below "
+                                 f"limits.min_free_bytes={limits.min_free_bytes}")
         waiting = len(self.journal.deferred(limit=10000)) if self.journal is not None else 0
         if waiting:
             found.append(f"{waiting} run(s) waiting for disk space to write their outputs")

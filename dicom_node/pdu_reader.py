@@ -116,13 +116,16 @@ def _recv_exactly(sock, view: memoryview, what: str = "bytes", before: int = 0) 
         got += n
 
 
-def read_pdu(sock, max_control_bytes: int | None = None, data_allowed: bool = True) -> bytearray:
+def read_pdu(sock, max_control_bytes: int | None = None, data_allowed: bool = True,
+             max_data_bytes: int | None = None) -> bytearray:
     """One whole PDU (header and body) from ``sock``.
 
     Args:
         sock: The connection.
         max_control_bytes: Longest body accepted for a PDU other than P-DATA-TF (None: any).
         data_allowed: False refuses a P-DATA-TF (the association is not accepted yet).
+        max_data_bytes: Longest P-DATA-TF body accepted (the maximum length the node
+            advertised, ``limits.max_pdu_size``; None: any).
 
     Raises:
         ConnectionClosed: the connection closed before the PDU was complete.
@@ -139,6 +142,9 @@ def read_pdu(sock, max_control_bytes: int | None = None, data_allowed: bool = Tr
         if not data_allowed:
             raise PduRefused(f"P-DATA-TF PDU ({length} bytes declared) before the association was accepted",
                              "data-before-association")
+        if max_data_bytes is not None and length > max_data_bytes:
+            raise PduRefused(f"P-DATA-TF PDU declares {length} bytes, more than the maximum length the node "
+                             f"advertised (limits.max_pdu_size={max_data_bytes})", "pdu-too-large")
     elif max_control_bytes is not None and length > max_control_bytes:
         raise PduRefused(f"PDU of type 0x{pdu_type:02X} declares {length} bytes, more than "
                          f"limits.max_control_pdu_bytes={max_control_bytes}", "pdu-too-large")
@@ -225,7 +231,8 @@ def _read(dul: DULServiceProvider, on_bytes: Callable[[int], None] | None,
         sock = dul.socket.socket
         if sock is None:
             raise ConnectionClosed("the socket is closed", 1)
-        data = read_pdu(sock, max_control_bytes, data_allowed=bool(dul.assoc.is_established))
+        data = read_pdu(sock, max_control_bytes, data_allowed=bool(dul.assoc.is_established),
+                        max_data_bytes=dul.assoc.acceptor.maximum_length or None)
     except PduRefused as exc:
         logger.warning("association from %s: %s; connection closed", _peer(dul), exc)
         if on_refused is not None:
@@ -258,7 +265,7 @@ def _read(dul: DULServiceProvider, on_bytes: Callable[[int], None] | None,
         on_request(sock.fileno())  # a whole PDU before acceptance: the peer is not stalling
     try:
         pdu, event = _decode(dul, data, fast)
-    except Exception as exc:  # pynetdicom's reader also turns any decoding failure into Evt19
+    except Exception as exc:  # noqa: BLE001 - like pynetdicom's reader, any decoding failure is Evt19
         logger.error("association from %s: undecodable PDU of type 0x%02X (%s: %s)",
                      _peer(dul), data[0], type(exc).__name__, _QUOTED.sub("<withheld>", str(exc))[:200])
         dul.event_queue.put(EVT_INVALID_PDU)

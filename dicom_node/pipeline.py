@@ -160,6 +160,15 @@ class ModelPipeline:
         except SegmentationError as exc:
             raise NodeConfigError(f"processing.model_folder {cfg.model_folder}: {exc}") from exc
         logger.info("model %s loaded (version %s)", cfg.model_folder, self.version)
+        # per-frame quality control (processing.qc; docs/qc.md): None when off
+        self.assessor = None
+        if cfg.qc != "off":
+            from segmentation.qc.assess import QualityAssessor
+
+            try:
+                self.assessor = QualityAssessor.from_engine(self.engine)
+            except SegmentationError as exc:
+                raise NodeConfigError(f"processing.model_folder {cfg.model_folder}: {exc}") from exc
 
     def process(self, instance: StoredInstance) -> list[OutputObject]:
         """Segment every frame of the run and build the configured output objects.
@@ -177,6 +186,9 @@ class ModelPipeline:
             kind = classify(run.dataset)
             if kind != InputKind.IMAGE:
                 raise NotSegmentable(f"instance {instance.sop_instance_uid} is {kind.value}, not segmented")
+            if self.assessor is not None and self.assessor.available:
+                numbers, masks, confidence, qc = self._predict_qc(run)
+                return self._outputs(run, numbers, masks, confidence, qc=qc)
             numbers, masks, confidence = self._predict(run)
             return self._outputs(run, numbers, masks, confidence)
         except UnsupportedObjectError as exc:
@@ -197,25 +209,35 @@ class ModelPipeline:
         Raises:
             ProcessingError: no frame of the run could be decoded.
         """
-        n = run.number_of_frames
-        numbers: list[int] = []
         masks: list[np.ndarray] = []
         confidence: list[np.ndarray] = []
+
+        def segment(batch: np.ndarray) -> None:
+            pred = self.engine.predict(batch, bits_stored=run.bits_stored)
+            masks.append(pred.masks.astype(bool, copy=False))
+            confidence.append(np.asarray(pred.confidence, np.float32))
+
+        numbers = self._in_chunks(run, segment)
+        return numbers, np.concatenate(masks), np.concatenate(confidence)
+
+    def _in_chunks(self, run: Any, segment: Any) -> list[int]:
+        """Decode ``run`` and call ``segment(batch)`` on ``chunk_frames`` frames at a time; returns
+        the 1-based numbers of the frames decoded (a frame that cannot be decoded is left out).
+
+        Raises:
+            ProcessingError: no frame of the run could be decoded.
+        """
+        numbers: list[int] = []
         chunk: list[np.ndarray] = []
-
-        def flush() -> None:
-            if chunk:
-                pred = self.engine.predict(np.stack(chunk), bits_stored=run.bits_stored)
-                masks.append(pred.masks.astype(bool, copy=False))
-                confidence.append(np.asarray(pred.confidence, np.float32))
-                chunk.clear()
-
         for index, frame in run.iter_frames():
             chunk.append(frame)
             numbers.append(index + 1)
             if len(chunk) >= self.cfg.chunk_frames:
-                flush()
-        flush()
+                segment(np.stack(chunk))
+                chunk.clear()
+        if chunk:
+            segment(np.stack(chunk))
+        n = run.number_of_frames
         if not numbers:
             raise ProcessingError(
                 f"instance {run.sop_instance_uid}: no frame could be decoded "
@@ -224,13 +246,56 @@ class ModelPipeline:
         if len(numbers) < n:
             logger.warning("instance %s: %d of %d frame(s) could not be decoded; the outputs cover the other %d",
                            run.sop_instance_uid, n - len(numbers), n, len(numbers))
-        return numbers, np.concatenate(masks), np.concatenate(confidence)
+        return numbers
+
+    def _predict_qc(self, run: Any) -> tuple[list[int], np.ndarray, np.ndarray, RunQuality]:
+        """As :meth:`_predict`, with the per-frame quality (the assessor's masks: "no root here"
+        frames are empty); frames are assessed ``chunk_frames`` at a time as one sequence.
+
+        Raises:
+            ProcessingError: no frame of the run could be decoded.
+        """
+        from segmentation.qc.verdict import run_verdict
+
+        masks: list[np.ndarray] = []
+        confidence: list[np.ndarray] = []
+        quality: list[np.ndarray] = []
+        flagged: list[np.ndarray] = []
+        reasons: list[str | None] = []
+        spacing = run.calibration.spacing_mm
+
+        def segment(batch: np.ndarray) -> None:
+            pred = self.assessor.predict(batch, bits_stored=run.bits_stored, spacing_mm=spacing)
+            masks.append(np.stack(pred.masks).astype(bool, copy=False))
+            confidence.append(np.asarray(pred.confidence, np.float32))
+            quality.append(np.asarray(pred.quality, np.float64))
+            flagged.append(np.asarray(pred.flagged, bool))
+            reasons.extend(pred.reasons)
+
+        numbers = self._in_chunks(run, segment)
+        q, f = np.concatenate(quality), np.concatenate(flagged)
+        verdict = run_verdict(q, f, reasons)
+        logger.info("instance %s: QC %s (%s; %d flagged, %d without root, policy %s)", run.sop_instance_uid,
+                    verdict.status, verdict.text, verdict.flagged, verdict.no_root, self.cfg.qc)
+        return numbers, np.concatenate(masks), np.concatenate(confidence), RunQuality(q, f, reasons, verdict)
 
     def _outputs(self, run: Any, numbers: list[int], masks: np.ndarray,
-                 confidence: np.ndarray) -> list[OutputObject]:
+                 confidence: np.ndarray, qc: RunQuality | None = None) -> list[OutputObject]:
         from segmentation.dicom.seg import build_segmentation
 
         source = run.dataset
+        seg_description, notes = "AI aortic root segmentation", None
+        if self.cfg.qc != "off" and qc is None:
+            seg_description = "AI outline, quality not available"
+        if qc is not None:  # processing.qc mark or withhold (docs/qc.md)
+            if self.cfg.qc == "withhold" and qc.verdict.status == "fail":
+                raise NotSegmentable(f"instance {run.sop_instance_uid}: outline withheld by QC ({qc.verdict.text})")
+            seg_description = qc.verdict.text
+            notes = ["no-root" if r is not None else ("withheld" if self.cfg.qc == "withhold" else "uncertain")
+                     if f else None for f, r in zip(qc.flagged, qc.reasons)]
+            confidence = qc.quality  # the SR's certainty is the calibrated quality
+            if self.cfg.qc == "withhold":
+                masks = np.where(qc.flagged[:, None, None], False, masks)
 
         def uids(kind: str) -> dict[str, str]:
             return {
@@ -247,7 +312,8 @@ class ModelPipeline:
             algorithm_name=ALGORITHM_NAME,
             algorithm_version=self.version,
             series_number=self.cfg.series_number + SERIES_OFFSETS["seg"],
-            series_description="AI aortic root segmentation",
+            series_description=seg_description,
+            content_description=seg_description,
             **uids("seg"),
         )
         outputs = [OutputObject("seg", seg)]
@@ -257,7 +323,7 @@ class ModelPipeline:
             sr = build_measurement_report(
                 source,
                 seg,
-                measure_frames(masks, numbers, confidence),
+                measure_frames(masks, numbers, confidence, notes),
                 calibration=run.calibration,
                 algorithm_name=ALGORITHM_NAME,
                 algorithm_version=self.version,
@@ -298,6 +364,16 @@ class ModelPipeline:
             )
             outputs.append(OutputObject("sc", sc))
         return outputs
+
+
+@dataclass(frozen=True)
+class RunQuality:
+    """Per-frame quality of a run (arrays over its segmented frames) and the run's verdict."""
+
+    quality: np.ndarray
+    flagged: np.ndarray
+    reasons: list[str | None]
+    verdict: Any  # segmentation.qc.verdict.RunVerdict
 
 
 def _frames_again(run: Any, numbers: Sequence[int]) -> Iterator[np.ndarray]:

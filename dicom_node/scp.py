@@ -89,7 +89,7 @@ REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)
 GUARD_TICK_S = 0.25
 #: Threads in the process above which new connections are refused at once (each connection
 #: costs two threads until its association ends).
-MAX_THREADS = 1500
+MAX_THREADS = 1000
 
 
 def safe_uid(value: object) -> str:
@@ -330,7 +330,9 @@ class NodeServer(ThreadedAssociationServer):
             if left <= 0:
                 raise TimeoutError("no time left for the TLS handshake")
             # A whole ClientHello waiting: the peer is handshaking, not stalling (kept from eviction).
-            if select.select([tls], [], [], left)[0] and _has_unread(tls):
+            poller = select.poll()  # not select.select: file descriptors may be above 1023
+            poller.register(tls.fileno(), select.POLLIN)
+            if poller.poll(left * 1000) and _has_unread(tls):
                 self.guard.progress(key)
             left = self.guard.remaining(key)
             if left <= 0:
@@ -352,7 +354,8 @@ class NodeServer(ThreadedAssociationServer):
     def handle_error(self, request, client_address) -> None:
         """Log (without a traceback on stderr, unlike socketserver's default)."""
         logger.warning("connection from %s: unexpected error", client_address[0])
-        logger.debug("connection from %s: unexpected error", client_address[0], exc_info=True)  # noqa: LOG014 (socketserver calls it in its except)
+        # exc_info: socketserver calls handle_error inside its except
+        logger.debug("connection from %s: unexpected error", client_address[0], exc_info=True)
 
 
 class _Discard:

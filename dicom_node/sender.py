@@ -30,8 +30,8 @@ from dicom_node.journal import Journal, OutboxRow
 from dicom_node.metrics import NodeMetrics
 from dicom_node.outbox import Outbox
 from dicom_node.sop import is_valid_uid
-from tavicore.fileio import fsync_dir, fsync_file
 from dicom_node.tls import client_context
+from tavicore.fileio import fsync_dir, fsync_file
 
 logger = logging.getLogger(__name__)
 

@@ -136,14 +136,14 @@ class SharedUidContext(PresentationContext):
     """
 
     @classmethod
-    def of(cls, context: PresentationContext) -> "SharedUidContext":
+    def of(cls, context: PresentationContext) -> SharedUidContext:
         """The same context (abstract syntax, transfer syntaxes, roles) as this class."""
         shared = cls()
         shared.__dict__.update(vars(context))
         shared._transfer_syntax = list(context.transfer_syntax)
         return shared
 
-    def __deepcopy__(self, memo: dict) -> "SharedUidContext":
+    def __deepcopy__(self, memo: dict) -> SharedUidContext:
         duplicate = copy.copy(self)
         duplicate._transfer_syntax = list(self._transfer_syntax)
         return duplicate

@@ -17,6 +17,8 @@ if [[ ! -f $SAMPLES/MANIFEST.tsv ]]; then
     exit 2
 fi
 export TAVISEG_DICOM_SAMPLES=$SAMPLES
+# Lint first (pyproject.toml [tool.ruff]: the rules the code follows); a finding fails the run.
+.venv/bin/ruff check --quiet . || { echo "test: ruff found the problems above" >&2; exit 1; }
 PYTEST=(.venv/bin/python -m pytest -p no:cacheprovider "$@")
 if [[ $(id -u) -eq 0 ]] && command -v unshare >/dev/null && command -v ip >/dev/null \
     && unshare -n true 2>/dev/null; then

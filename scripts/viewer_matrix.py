@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# run as a script: testkit is not in the .venv's editable install yet
 sys.path.insert(0, str(REPO))
 
-from testkit import viewers  # noqa: E402
-from testkit.paths import samples_path  # noqa: E402
+from testkit import viewers  # noqa: E402 - sys.path set above
+from testkit.paths import samples_path  # noqa: E402 - sys.path set above
 
 SHORT = {
     viewers.RIGHT_FRAME: "right frame",
@@ -54,10 +55,31 @@ def versions() -> str:
     return f"OHIF {ohif} (npm @ohif/app dist), {', '.join(packages)}, {chromium}, {platform.machine()}"
 
 
+def crash_count(stack: viewers.ViewerStack, path: Path, repeats: int) -> int:
+    """Load the real run's SEG ``repeats`` times in an OHIF without prefetcher; count crashes."""
+    ohif = viewers.OhifServer.start(stack.pacs, prefetch=False)
+    crashes = 0
+    try:
+        for attempt in range(repeats):
+            viewers.real_run_reading(stack.browser, ohif, stack.pacs, path, wait_cached=False)
+            deadline = time.monotonic() + 10  # the statistics worker runs after the display
+            while time.monotonic() < deadline and not viewers.ohif_crashed(stack.browser):
+                time.sleep(0.5)
+            crashed = viewers.ohif_crashed(stack.browser)
+            crashes += crashed
+            print(f"  no prefetch, load {attempt + 1}: {'crashed' if crashed else 'ok'}", flush=True)
+    finally:
+        ohif.stop()
+    return crashes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "viewers")
     parser.add_argument("--frame", type=int, default=5)
+    parser.add_argument("--crash-repeats", type=int, default=0, metavar="N",
+                        help="also load the real run's SEG N times in OHIF without its study "
+                             "prefetcher and count the viewer crashes (needs the samples)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     missing = viewers.missing_parts()
@@ -80,12 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                           f"best frame {reading.best_frame}) {time.monotonic() - t0:.1f} s",
                           flush=True)
             samples = samples_path()
-            real = None
+            real, crashes = None, None
             if samples is not None:  # no screenshot kept: the sample's licence is unclear
                 real = viewers.real_run_reading(stack.browser, stack.ohif, stack.pacs,
                                                 samples / viewers.REAL_RUN)
                 print(f"OHIF v3 x SEG + image plane groups on {viewers.REAL_RUN}: "
                       f"{real.verdict} (Dice {real.dice})", flush=True)
+                if args.crash_repeats:
+                    crashes = crash_count(stack, samples / viewers.REAL_RUN, args.crash_repeats)
         finally:
             stack.stop()
     elapsed = time.monotonic() - start
@@ -111,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             reading, shot, _ = readings[viewer, label]
             text = SHORT[reading.verdict]
             if reading.dice is not None:
-                text += f" (Dice {reading.dice:.2f})"
+                text += f" (Dice {reading.dice:.3f})"
             cells.append(f"[{text}]({shot.name})")
         lines.append(f"| {viewer} | " + " | ".join(cells) + " |")
     if real is not None:
@@ -119,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                        "ImagerPixelSpacing added, the file has none), SEG with image plane "
                        f"groups on frames 10/40/70, OHIF v3 at frame 40: **{SHORT[real.verdict]}** "
                        f"(Dice {real.dice}, per SEG frame {real.dice_by_frame}; {real.note}).")]
+    if crashes is not None:
+        lines += ["", (f"OHIF without its study prefetcher, the same real-run SEG loaded "
+                       f"{args.crash_repeats} times: the viewer crashed (route error boundary, "
+                       f"'calculateSegmentsStatisticsStack ... reading scalarData') {crashes} "
+                       f"times. prepareStackDataForWorker skips source frames not yet in the "
+                       "cache, so imageInfo is shorter than segmentationInfo and the worker reads "
+                       "imageInfo[i].scalarData of undefined: an OHIF bug, not our SEG. The "
+                       "checks enable the prefetcher and wait until every frame is cached.")]
     lines += ["", "## Why (from the viewers' source)", ""]
     for (viewer, label), reason in viewers.REASONS.items():
         reading = readings[viewer, label][0]

@@ -6,7 +6,9 @@
     overlays/<name>.png    the frame with the predicted outline (green) and, when known, the
                            ground-truth outline (red)
     predictions.csv        one row per frame: area (px, mm^2), confidence, and with ground
-                           truth Dice, IoU, ASSD and HD95 (mm)
+                           truth Dice, IoU, ASSD and HD95 (mm); quality = P(Dice >= 0.8) from
+                           the folder's QC data ("not available" without), flagged, qc_reason
+                           (the "no root here" reason: the mask is then empty; docs/qc.md)
     seg/<SOPInstanceUID>.seg.dcm   one DICOM Segmentation per DICOM input run
     summary.json           counts, backend and aggregate metrics
 
@@ -43,7 +45,7 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 CSV_COLUMNS = (
     "source", "frame_index", "name", "rows", "columns", "spacing_row_mm", "spacing_col_mm",
     "spacing_source", "area_px", "area_mm2", "confidence", "low_confidence",
-    "dice", "iou", "assd_mm", "hd95_mm",
+    "dice", "iou", "assd_mm", "hd95_mm", "quality", "flagged", "qc_reason",
 )
 #: Upper bound on files collected from one input folder (a typo'd "/" must not run forever).
 MAX_FILES_PER_FOLDER = 100_000
@@ -81,6 +83,11 @@ class PredictSummary:
     median_assd_mm: float | None = None
     median_hd95_mm: float | None = None
     seg_files: list[Path] = field(default_factory=list)
+    quality_available: bool = False
+    flagged: int = 0
+    no_root: int = 0
+    median_quality: float | None = None
+    verdicts: dict[str, dict] = field(default_factory=dict)
     backend: str = ""
     seconds: float = 0.0
 
@@ -190,6 +197,9 @@ class _DicomRun:
         self.indices: list[int] = []
         self.masks: list[np.ndarray] = []
         self.probabilities: list[np.ndarray] = []
+        self.quality: list[float] = []
+        self.flagged: list[bool] = []
+        self.reasons: list[str | None] = []
 
     def frames(self) -> Iterator[FrameItem]:
         cal = self.run.calibration
@@ -281,6 +291,13 @@ def predict_paths(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     summary = PredictSummary(out_dir=out, csv_path=out / "predictions.csv", backend=engine.backend_name)
+    from segmentation.inference.engine import Prediction
+    from segmentation.qc.assess import QualityAssessor
+    from segmentation.qc.store import NOT_AVAILABLE
+
+    assessor = QualityAssessor.from_engine(engine)
+    summary.quality_available = assessor.available
+    qualities: list[float] = []
     gt_path = Path(gt_dir) if gt_dir is not None else None
     used_names: set[str] = set()
     dices: list[float] = []
@@ -294,7 +311,14 @@ def predict_paths(
 
         def handle(chunk: list[FrameItem], run: _DicomRun | None) -> None:
             bits = chunk[0].bits_stored
-            pred = engine.predict([c.image for c in chunk], bits_stored=bits)
+            qcp = None
+            if assessor.available:  # the assessor's masks: "no root here" frames are empty
+                qcp = assessor.predict([c.image for c in chunk], bits_stored=bits, spacing_mm=chunk[0].spacing_mm,
+                                       sequence=run is not None)
+                pred = Prediction(masks=qcp.masks, confidence=qcp.confidence,
+                                  low_confidence=qcp.confidence < np.float32(engine.confidence_config.flag_below))
+            else:
+                pred = engine.predict([c.image for c in chunk], bits_stored=bits)
             for k, item in enumerate(chunk):
                 mask = pred.masks[k]
                 name = item.name
@@ -315,7 +339,18 @@ def predict_paths(
                     "confidence": _fmt(float(pred.confidence[k])),
                     "low_confidence": int(bool(pred.low_confidence[k])),
                     "dice": "", "iou": "", "assd_mm": "", "hd95_mm": "",
+                    "quality": NOT_AVAILABLE if qcp is None else _fmt(float(qcp.quality[k])),
+                    "flagged": "" if qcp is None else int(bool(qcp.flagged[k])),
+                    "qc_reason": "" if qcp is None else (qcp.reasons[k] or ""),
                 }
+                if qcp is not None:
+                    qualities.append(float(qcp.quality[k]))
+                    summary.flagged += int(bool(qcp.flagged[k]))
+                    summary.no_root += int(qcp.reasons[k] is not None)
+                    if run is not None:
+                        run.quality.append(float(qcp.quality[k]))
+                        run.flagged.append(bool(qcp.flagged[k]))
+                        run.reasons.append(qcp.reasons[k])
                 summary.low_confidence += int(bool(pred.low_confidence[k]))
                 if item.gt is not None:
                     if item.gt.shape != mask.shape:
@@ -360,6 +395,11 @@ def predict_paths(
                 for chunk in _chunks(run.frames(), batch):
                     handle(chunk, run)
                 summary.sources += 1
+                if run.quality:
+                    from segmentation.qc.verdict import run_verdict
+
+                    summary.verdicts[str(path)] = run_verdict(
+                        np.asarray(run.quality), np.asarray(run.flagged), run.reasons).to_json_dict()
                 if write_seg and run.masks:
                     seg = _write_seg(run, out, engine, seg_series_number)
                     if seg is not None:
@@ -368,6 +408,8 @@ def predict_paths(
     if dices:
         summary.mean_dice = float(np.mean(dices))
         summary.median_dice = float(np.median(dices))
+    if qualities:
+        summary.median_quality = float(np.median(qualities))
     if assds and not all(math.isnan(a) for a in assds):
         summary.median_assd_mm = float(np.nanmedian(assds))
         summary.median_hd95_mm = float(np.nanmedian(hd95s))

@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from tavidata.errors import DatasetError, SplitError
 from tavidata.format import Dataset, FrameRecord
 from tavidata.splits import SPLITS_FILENAME, check_splits, load_splits
-from tavidata.errors import DatasetError, SplitError
 
 logger = logging.getLogger(__name__)
 

@@ -86,7 +86,7 @@ class Dataset:
     meta: dict = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: str | Path) -> "Dataset":
+    def load(cls, root: str | Path) -> Dataset:
         """Load a data-set folder.
 
         Raises:
@@ -256,7 +256,7 @@ class DatasetWriter:
         """Number of frames added so far."""
         return len(self._rows)
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

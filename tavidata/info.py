@@ -9,9 +9,9 @@ from typing import Any
 
 import cv2
 
+from tavidata.errors import SplitError
 from tavidata.format import Dataset
 from tavidata.splits import SPLITS_FILENAME, fold_summary, load_splits
-from tavidata.errors import SplitError
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tavidata.format import Dataset
-from tavidata.errors import SplitError
 from tavicore.fileio import write_text_atomic
+from tavidata.errors import SplitError
+from tavidata.format import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Splits:
 
 
 def _seeded_key(seed: int, salt: str, patient: str) -> str:
-    return hashlib.sha256(f"{seed}\x00{salt}\x00{patient}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\x00{salt}\x00{patient}".encode()).hexdigest()
 
 
 def make_splits(dataset: Dataset, k: int = 5, seed: int = 0, val_fraction: float = 0.15) -> Splits:

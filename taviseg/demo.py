@@ -31,6 +31,8 @@ from pydicom.uid import SegmentationStorage
 from tavicore.config import setting
 from tavicore.errors import TavisegError
 from testkit.orthanc import OrthancServer, find_orthanc, free_port, start_orthanc, wait_until
+from testkit.viewers import OhifServer, start_viewer_pacs
+from testkit.viewers import missing_parts as viewer_missing_parts
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class DemoConfig:
     k_folds: int = setting(4, ge=2, le=10, doc="folds of the patient split")
     fold: int = setting(0, ge=0, doc="fold to train; its test patients' runs are sent")
     max_runs: int = setting(4, ge=1, le=100, doc="runs sent to the node")
-    outputs: tuple[str, ...] = setting(("seg", "sr", "gsps"), doc="output kinds of the node")
+    outputs: tuple[str, ...] = setting(("seg", "sr", "sc"), doc="output kinds of the node")
     orthanc: Literal["auto", "yes", "no"] = "auto"
     sender: Literal["auto", "storescu", "pynetdicom"] = "auto"
     result_timeout_s: float = setting(900.0, gt=0, doc="wait for all results at most this long")
@@ -89,6 +91,7 @@ class DemoSummary:
     workdir: Path
     runs: list[RunResult] = field(default_factory=list)
     orthanc_url: str | None = None
+    viewer_url: str | None = None
     output_folder: Path | None = None
     report_md: Path | None = None
     report_html: Path | None = None
@@ -100,8 +103,8 @@ class DemoSummary:
 
 def prepare_cohort(cfg: DemoConfig, workdir: Path) -> Path:
     """Generate the phantom cohort with DICOM runs (reused when already there) and split it."""
-    from tavidata.splits import SPLITS_FILENAME, split_dataset
     from tavidata.phantom import generate_cohort, load_phantom_preset
+    from tavidata.splits import SPLITS_FILENAME, split_dataset
 
     cohort = workdir / "cohort"
     if not (cohort / "manifest.csv").is_file():
@@ -129,8 +132,8 @@ def prepare_model(cfg: DemoConfig, workdir: Path, cohort: Path) -> Path:
 
 def held_out_runs(cfg: DemoConfig, cohort: Path) -> list[tuple[Path, Path]]:
     """(DICOM run, ground-truth file) pairs of the trained fold's test patients."""
-    from tavidata.splits import load_splits
     from tavidata.phantom.dicom_export import ground_truth_path
+    from tavidata.splits import load_splits
 
     splits = load_splits(cohort)
     test_patients = set(splits.fold(cfg.fold).test)
@@ -206,8 +209,8 @@ def send_run(path: Path, port: int, sender: str) -> None:
         if proc.returncode != 0:
             raise DemoError(f"storescu failed for {path.name}: {proc.stderr.strip()[-500:]}")
         return
-    from pynetdicom import AE
     import pydicom
+    from pynetdicom import AE
 
     ds = pydicom.dcmread(path)
     ae = AE(ae_title=SENDER_AET)
@@ -315,6 +318,8 @@ def write_report(summary: DemoSummary) -> None:
     lines += ["", "Green: ground truth; red: the node's SEG.", ""]
     if summary.orthanc_url:
         lines.append(f"Orthanc web interface: {summary.orthanc_url}")
+    if summary.viewer_url:
+        lines.append(f"OHIF viewer, first study: {summary.viewer_url}")
     if summary.output_folder:
         lines.append(f"Output folder: {summary.output_folder}")
     md = summary.workdir / "report" / "report.md"
@@ -344,6 +349,14 @@ def _fmt(value: float | None, digits: int) -> str:
 # ------------------------------------------------------------------------------- the demo
 
 
+def viewer_ready() -> bool:
+    """Whether Orthanc's DICOMweb plugin and OHIF are installed (``scripts/viewers.sh``)."""
+    needed = [part for part in viewer_missing_parts() if "chromium" not in part and "playwright" not in part]
+    if needed:
+        logger.info("no web viewer for the demo (%s); Orthanc's own explorer only", "; ".join(needed))
+    return not needed
+
+
 def run_demo(cfg: DemoConfig) -> DemoSummary:
     """Run the whole demo; returns what it measured and where the outputs are.
 
@@ -362,15 +375,22 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
     use_orthanc = cfg.orthanc == "yes" or (cfg.orthanc == "auto" and find_orthanc() is not None)
     with ExitStack() as stack:
         pacs = None
+        ohif = None
         if use_orthanc:
             logger.info("step 3/6: starting Orthanc (the PACS)")
             pacs_dir = workdir / "orthanc"
             if pacs_dir.exists():
                 shutil.rmtree(pacs_dir)
-            pacs = start_orthanc(pacs_dir, aet=PACS_AET,
-                                 known_modalities={"taviseg": (NODE_AET, "127.0.0.1", 1)},
-                                 restrict_to_known=True)
-            stack.callback(pacs.stop)
+            pacs_options = {"aet": PACS_AET, "known_modalities": {"taviseg": (NODE_AET, "127.0.0.1", 1)},
+                            "restrict_to_known": True}
+            if viewer_ready():  # scripts/viewers.sh installed DICOMweb and OHIF: a person can look
+                pacs = start_viewer_pacs(pacs_dir, **pacs_options)
+                stack.callback(pacs.stop)
+                ohif = OhifServer.start(pacs)
+                stack.callback(ohif.stop)
+            else:
+                pacs = start_orthanc(pacs_dir, **pacs_options)
+                stack.callback(pacs.stop)
             summary.orthanc_url = pacs.explorer_url
         else:
             logger.info("step 3/6: Orthanc not installed: the node writes its results to a folder")
@@ -390,6 +410,8 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
                                sent_at=time.monotonic())
             send_run(run_file, port, cfg.sender)
             summary.runs.append(result)
+            if ohif is not None and summary.viewer_url is None:
+                summary.viewer_url = ohif.study_url(str(header.StudyInstanceUID))
 
         logger.info("step 6/6: waiting for the SEG objects and scoring them")
         seen: dict = {}
@@ -419,7 +441,8 @@ def run_demo(cfg: DemoConfig) -> DemoSummary:
         keep = cfg.keep_running == "yes" or (cfg.keep_running == "auto" and sys.stdin.isatty())
         print_summary(summary)
         if keep and pacs is not None:
-            print(f"Orthanc and the node keep running: open {pacs.explorer_url}; Ctrl-C to stop.",
+            print(f"Orthanc and the node keep running: open {summary.viewer_url or pacs.explorer_url}; "
+                  "Ctrl-C to stop.",
                   file=sys.stderr)
             try:
                 while pacs.process.poll() is None:
@@ -443,6 +466,8 @@ def print_summary(summary: DemoSummary) -> None:
         print(f"median Dice {np.median(dices):.3f}; median end-to-end latency {np.median(lats):.1f} s", file=out)
     if summary.orthanc_url:
         print(f"SEG/SR/overlay objects are in Orthanc: {summary.orthanc_url}", file=out)
+    if summary.viewer_url:
+        print(f"the first study in the OHIF viewer: {summary.viewer_url}", file=out)
     if summary.output_folder:
         print(f"SEG/SR/overlay objects are in {summary.output_folder}", file=out)
     print(f"overlay PNGs and report: {summary.report_md} ({summary.report_html.name})", file=out)

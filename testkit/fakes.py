@@ -37,7 +37,7 @@ class ThresholdProcessor:
         src = pydicom.dcmread(instance.path)
         try:
             pixels = src.pixel_array
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is a processing failure here
+        except Exception as exc:  # any decoder failure is a processing failure here
             raise ProcessingError(f"cannot decode {instance.sop_instance_uid}: {exc}") from exc
         frame = pixels if pixels.ndim == 2 else pixels[0]
         if frame.ndim != 2:

@@ -148,7 +148,7 @@ class NodeProcess:
         #: Readiness probe after the ready file appears (a TLS node needs a TLS C-ECHO).
         self.ready_echo: Callable[[], bool] = lambda: echo(self.port) == 0x0000
 
-    def start(self, timeout: float = 90.0) -> "NodeProcess":
+    def start(self, timeout: float = 90.0) -> NodeProcess:
         """Start and wait for the ready file and a successful C-ECHO."""
         self.ready_file.unlink(missing_ok=True)
         log = self.log_path.open("ab")
@@ -187,7 +187,7 @@ class NodeProcess:
                 self.proc.wait(timeout=10)
         return self.proc.returncode
 
-    def __enter__(self) -> "NodeProcess":
+    def __enter__(self) -> NodeProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -36,6 +36,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from tavicore.errors import TavisegError
+from testkit.node import wait_until
 from testkit.orthanc import OrthancServer, free_port, start_orthanc
 from testkit.paths import REPO
 
@@ -67,24 +68,18 @@ def missing_parts() -> list[str]:
     if not (OHIF_DIST / "index.html").exists():
         missing.append(f"{OHIF_DIST}/index.html (OHIF from npm, scripts/viewers.sh)")
     try:
-        import playwright  # noqa: F401, PLC0415
+        import playwright  # noqa: F401 - only checks that it is installed
     except ImportError:
         missing.append("Python package playwright (scripts/viewers.sh)")
     return missing
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll ``predicate`` until truthy or ``timeout`` seconds pass (ViewerError then)."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise ViewerError(f"{what}: not ready after {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
+    """:func:`testkit.node.wait_until`, a ViewerError when ``timeout`` seconds pass."""
+    try:
+        return wait_until(predicate, timeout, what)
+    except TimeoutError as exc:
+        raise ViewerError(str(exc)) from exc
 
 
 # --------------------------------------------------------------------------- Orthanc
@@ -142,8 +137,9 @@ def webviewer_url(server: OrthancServer, series_uid: str) -> str:
 # --------------------------------------------------------------------------- OHIF
 
 
-def ohif_config(dicomweb_root: str) -> str:
-    """``app-config.js`` of OHIF: one DICOMweb data source at ``dicomweb_root`` (same origin)."""
+def ohif_config(dicomweb_root: str, *, prefetch: bool = True) -> str:
+    """``app-config.js`` of OHIF: one DICOMweb data source at ``dicomweb_root`` (same origin);
+    ``prefetch``: OHIF's study prefetcher on (see below)."""
     config = {
         "routerBasename": "/",
         "extensions": [],
@@ -160,7 +156,7 @@ def ohif_config(dicomweb_root: str) -> str:
         # Prefetch every frame of the displayed run: OHIF 3.13.2's SEG statistics
         # (prepareStackDataForWorker) skip uncached source frames and the worker then reads
         # scalarData of undefined, which crashes the whole viewer (see scripts/viewer_matrix.py).
-        "studyPrefetcher": {"enabled": True, "displaySetsCount": 1,
+        "studyPrefetcher": {"enabled": prefetch, "displaySetsCount": 1,
                             "maxNumPrefetchRequests": 10, "order": "closest"},
         "defaultDataSourceName": "orthanc",
         "dataSources": [{
@@ -195,7 +191,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):  # quiet: requests go to the debug log only
         logger.debug("ohif http: " + fmt, *args)
 
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):  # http.server's naming
         path = self.path.split("?", 1)[0]
         if path.startswith("/dicom-web/"):
             self._proxy()
@@ -259,12 +255,12 @@ class OhifServer:
     thread: threading.Thread
 
     @classmethod
-    def start(cls, orthanc: OrthancServer, root: Path = OHIF_DIST) -> OhifServer:
+    def start(cls, orthanc: OrthancServer, root: Path = OHIF_DIST, *, prefetch: bool = True) -> OhifServer:
         if not (root / "index.html").exists():
             raise ViewerError(f"OHIF not found at {root}: run bash scripts/viewers.sh")
         httpd = _OhifHttpServer(("127.0.0.1", free_port()), _Handler)
         httpd.root = root.resolve()
-        httpd.config_js = ohif_config("/dicom-web")
+        httpd.config_js = ohif_config("/dicom-web", prefetch=prefetch)
         httpd.orthanc_port = orthanc.http_port
         thread = threading.Thread(target=httpd.serve_forever, name="ohif-http", daemon=True)
         thread.start()
@@ -292,7 +288,7 @@ class Browser:
     """Headless Debian Chromium under Playwright, one page at a time, with a fresh profile."""
 
     def __init__(self, size: tuple[int, int] = VIEWPORT_SIZE) -> None:
-        from playwright.sync_api import sync_playwright  # noqa: PLC0415 - optional peer
+        from playwright.sync_api import sync_playwright  # optional peer
 
         if not CHROMIUM.exists():
             raise ViewerError(f"{CHROMIUM} not installed: run bash scripts/viewers.sh")
@@ -311,6 +307,8 @@ class Browser:
         self.console: list[str] = []
         self.page.on("console", lambda msg: self.console.append(f"{msg.type}: {msg.text}"))
         self.page.on("pageerror", lambda exc: self.console.append(f"pageerror: {exc}"))
+        self.page.on("response", lambda r: r.status >= 400 and self.console.append(
+            f"http {r.status}: {r.request.method} {r.url.split('?')[0]}"))
 
     def open(self, url: str, *, timeout_s: float = 60.0) -> None:
         self.console.clear()
@@ -328,7 +326,7 @@ class Browser:
 
     def screenshot(self, path: Path | None = None, *, clip: dict | None = None) -> np.ndarray:
         """Screenshot of the page (or ``clip``) as an RGB array; also saved at ``path``."""
-        import cv2  # noqa: PLC0415
+        import cv2
 
         png = self.page.screenshot(clip=clip, type="png")
         if path is not None:
@@ -362,6 +360,11 @@ _OHIF_VIEWPORTS = """() => {
   }
   return out;
 }"""
+
+
+def ohif_crashed(browser: Browser) -> bool:
+    """True when OHIF's route error boundary caught an error ("Something went wrong")."""
+    return any("Error Boundary" in line for line in browser.console)
 
 
 def ohif_viewports(browser: Browser) -> list[dict]:
@@ -409,15 +412,15 @@ def build_viewer_study(n_frames: int = 8, rows: int = 256, columns: int = 320) -
     """The XA run (8-bit, grey values 70..200 so that coloured or black overlays stand out),
     its root masks, and SEG (default, series 901; with image plane groups, series 905), GSPS,
     burned-in SC and TID 1500 SR built by our writers, all in the run's study."""
-    from segmentation.dicom.calibration import calibrate  # noqa: PLC0415
-    from segmentation.dicom.overlay import (  # noqa: PLC0415
+    from segmentation.dicom.calibration import calibrate
+    from segmentation.dicom.overlay import (
         build_burned_in_capture,
         build_presentation_state,
     )
-    from segmentation.dicom.seg import build_segmentation  # noqa: PLC0415
-    from segmentation.dicom.sr import build_measurement_report, measure_frames  # noqa: PLC0415
-    from tavidata.xa import Calibration as XrayCalibration  # noqa: PLC0415
-    from tavidata.xa import Identity, build_xray  # noqa: PLC0415
+    from segmentation.dicom.seg import build_segmentation
+    from segmentation.dicom.sr import build_measurement_report, measure_frames
+    from tavidata.xa import Calibration as XrayCalibration
+    from tavidata.xa import Identity, build_xray
 
     masks = study_masks(n_frames, rows, columns)
     yy, xx = np.mgrid[:rows, :columns]
@@ -495,7 +498,7 @@ def register_image(shot: np.ndarray, frame: np.ndarray, *, step: int = 4) -> tup
     """Find a known grey frame in a screenshot whatever the viewer's window, zoom and
     position: normalised cross-correlation over scales (coarse at 1/``step``, then refined at
     full resolution). Returns ((top, left, bottom, right), correlation)."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     grey = shot.astype(np.float32).mean(axis=2)
     source = frame.astype(np.float32)
@@ -540,11 +543,23 @@ def overlay_pixels(shot: np.ndarray, *, black: bool = True) -> np.ndarray:
 def overlay_region(overlay: np.ndarray) -> np.ndarray:
     """The area an overlay marks: its pixels with the holes filled (an outline becomes the
     region it encloses; a fill stays a fill)."""
-    import cv2  # noqa: PLC0415
-    from scipy import ndimage  # noqa: PLC0415
+    import cv2
+    from scipy import ndimage
 
     closed = cv2.morphologyEx(overlay.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     return ndimage.binary_fill_holes(closed.astype(bool))
+
+
+def largest_component(region: np.ndarray) -> np.ndarray:
+    """The largest 8-connected part of a region (the outline's area; drops viewer widgets,
+    text and specks that happen to be coloured or black)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(region, structure=np.ones((3, 3), bool))
+    if count <= 1:
+        return region
+    sizes = np.bincount(labels.ravel())[1:]
+    return labels == int(np.argmax(sizes)) + 1
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -579,7 +594,7 @@ def read_screenshot(shot: np.ndarray, masks: np.ndarray, frame: int, *,
     """Register the image in the screenshot (``rectangle`` when already found, e.g. by
     :func:`register_image`), find the overlay, compare it with every frame's mask
     (nearest-neighbour projection into the image rectangle) and give the verdict."""
-    import cv2  # noqa: PLC0415
+    import cv2
 
     rect = rectangle or image_rectangle(shot)
     if rect is None:
@@ -587,7 +602,7 @@ def read_screenshot(shot: np.ndarray, masks: np.ndarray, frame: int, *,
                        error or "no image in the viewport")
     top, left, bottom, right = rect
     inside = shot[top:bottom, left:right]
-    region = overlay_region(overlay_pixels(inside, black=black_overlay))
+    region = largest_component(overlay_region(overlay_pixels(inside, black=black_overlay)))
     share = float(region.mean())
     if share < 0.01:
         return Reading(REFUSES if error else IGNORES, frame, rect, [], share,
@@ -673,9 +688,17 @@ def _settle(browser: Browser, clip: dict | None, timeout_s: float = 10.0) -> np.
 
 
 def _errors(browser: Browser) -> str:
+    """The first error the page's code reported (a failed request alone is not one: see
+    :func:`_http_errors`), or ""."""
     found = [line for line in browser.console
-             if line.startswith(("error:", "pageerror:")) and "favicon" not in line]
+             if line.startswith(("error:", "pageerror:")) and "Failed to load resource" not in line]
     return found[0].splitlines()[0][:240] if found else ""
+
+
+def _http_errors(browser: Browser) -> str:
+    """The first failed request (status >= 400) of the page, or ""."""
+    found = [line for line in browser.console if line.startswith("http ") and "favicon" not in line]
+    return found[0][:240] if found else ""
 
 
 def _try_wait(browser: Browser, script: str, arg=None, timeout_s: float = 30.0) -> bool:
@@ -697,8 +720,11 @@ _SET_FRAME = """(index) => {
 }"""
 _AT_FRAME = """(index) => window.cornerstone.getRenderingEngines().some(e => e.getViewports().some(
   vp => vp.getImageIds && vp.getImageIds().length > index && vp.getCurrentImageIdIndex() === index))"""
-_SEG_LOADED = """() => { try { return window.cornerstoneTools.segmentation.state.getSegmentations()
-  .some(s => s.representationData && s.representationData.Labelmap); } catch (e) { return false; } }"""
+_SEG_LOADED = """() => { try {
+  const cs = window.cornerstone, state = window.cornerstoneTools.segmentation.state;
+  return cs.getRenderingEngines().some(e => e.getViewports().some(vp => vp.getImageIds
+    && vp.getImageIds().length > 0 && (state.getSegmentationRepresentations(vp.id) || []).length > 0));
+} catch (e) { return false; } }"""
 _SHOWS_SERIES = """(uid) => window.cornerstone && window.cornerstone.getRenderingEngines().some(
   e => e.getViewports().some(vp => vp.getCurrentImageId && (vp.getCurrentImageId() || '').includes(uid)))"""
 _ALL_CACHED = """() => window.cornerstone && window.cornerstone.getRenderingEngines().some(
@@ -709,7 +735,8 @@ _HAS_IMAGE = """() => window.cornerstone && window.cornerstone.getRenderingEngin
 
 
 def ohif_show(browser: Browser, ohif: OhifServer, study_uid: str, description: str, kind: str,
-              frame: int, series_uid: str = "") -> tuple[np.ndarray | None, str]:
+              frame: int, series_uid: str = "", *,
+              wait_cached: bool = True) -> tuple[np.ndarray | None, str]:
     """Open a study in OHIF, load the series ``description`` (double-click in the study
     browser; ``kind``: "SEG", "image" or "other"), step to ``frame`` and return the settled
     screenshot of the viewport showing an image (None when none does) with the first error
@@ -720,7 +747,7 @@ def ohif_show(browser: Browser, ohif: OhifServer, study_uid: str, description: s
     skip = browser.page.get_by_text("Skip all")
     if skip.count():
         skip.first.click()
-    if kind == "SEG":  # every source frame in the cache first (see ohif_config)
+    if kind == "SEG" and wait_cached:  # every source frame in the cache first (see ohif_config)
         _try_wait(browser, _ALL_CACHED, timeout_s=60)
     browser.page.get_by_text(description, exact=True).first.dblclick()
     if kind == "SEG":  # loaded, or an error reported: whichever comes first
@@ -733,15 +760,24 @@ def ohif_show(browser: Browser, ohif: OhifServer, study_uid: str, description: s
     else:  # GSPS, SR: whatever OHIF does with them has no event of its own to await
         _settle(browser, None, timeout_s=8)
     # A loaded SEG or image series gets a viewport with images (a SEG viewport reloads its
-    # source run: slow on 2 cores); an SR or PR may get none.
-    if _try_wait(browser, _HAS_IMAGE, timeout_s=5 if kind == "other" or _errors(browser) else 45):
-        browser.evaluate(_SET_FRAME, frame - 1)
-        _try_wait(browser, _AT_FRAME, frame - 1, timeout_s=15)
-    viewports = [v for v in ohif_viewports(browser) if v["n"]] if _try_wait(browser, _HAS_IMAGE, timeout_s=1) else []
-    if not viewports:  # an empty viewport or an error page
-        return None, _errors(browser)
-    v = viewports[0]
-    return _settle(browser, {"x": v["x"], "y": v["y"], "width": v["w"], "height": v["h"]}), _errors(browser)
+    # source run, and OHIF may re-mount it once the segmentation is attached: the frame is set
+    # and the screenshot taken only on a viewport that is still there after it settled); an
+    # SR or PR may get none.
+    final = {"SEG": _SEG_LOADED, "other": _HAS_IMAGE}.get(
+        kind, f"() => ({_SHOWS_SERIES})({json.dumps(series_uid)})")
+    deadline = time.monotonic() + (5 if kind == "other" else 60)
+    while not (kind == "SEG" and _errors(browser)):
+        if _try_wait(browser, final, timeout_s=max(1.0, deadline - time.monotonic())):
+            browser.evaluate(_SET_FRAME, frame - 1)
+            viewports = [v for v in ohif_viewports(browser) if v["n"]]
+            if viewports and _try_wait(browser, _AT_FRAME, frame - 1, timeout_s=15):
+                v = viewports[0]
+                shot = _settle(browser, {"x": v["x"], "y": v["y"], "width": v["w"], "height": v["h"]})
+                if browser.evaluate(_AT_FRAME, frame - 1) and browser.evaluate(final):
+                    return shot, _errors(browser)
+        if time.monotonic() >= deadline:
+            break
+    return None, _errors(browser)
 
 
 def ohif_cell(browser: Browser, ohif: OhifServer, study: ViewerStudy, label: str, frame: int,
@@ -759,7 +795,10 @@ def ohif_cell(browser: Browser, ohif: OhifServer, study: ViewerStudy, label: str
                        error or "no image in any viewport after loading it")
     if shot_path is not None:
         save_thumbnail(shot, shot_path)
-    return read_screenshot(shot, study.masks, frame, error=error)
+    reading = read_screenshot(shot, study.masks, frame, error=error)
+    if _http_errors(browser):
+        reading.note = "; ".join(n for n in (reading.note, _http_errors(browser)) if n)
+    return reading
 
 
 #: The real run of the samples used by :func:`real_run_reading` (tests/dicom samples folder).
@@ -767,17 +806,18 @@ REAL_RUN = "rubo_0002_XA_jpegbaseline_96f.dcm"
 
 
 def real_run_reading(browser: Browser, ohif: OhifServer, pacs: OrthancServer, path: Path,
-                     shot_path: Path | None = None) -> Reading:
+                     shot_path: Path | None = None, *, wait_cached: bool = True) -> Reading:
     """A real multi-frame XA run (``path``; the samples carry no calibration, so
     ImagerPixelSpacing 0.3 mm is added: image plane groups need a spacing) with our SEG
     (``image_plane_groups=True``) on frames 10, 40 and 70, opened in OHIF at frame 40. The
     image is found in the screenshot by normalised cross-correlation with the decoded frame
     (the viewer's window and zoom are unknown); only coloured pixels count as overlay (the
     run's collimation is black). The reading's frame 2 is source frame 40."""
-    import pydicom  # noqa: PLC0415
+    import pydicom
+    from pydicom.uid import generate_uid
 
-    from segmentation.dicom.reader import open_run  # noqa: PLC0415
-    from segmentation.dicom.seg import build_segmentation  # noqa: PLC0415
+    from segmentation.dicom.reader import open_run
+    from segmentation.dicom.seg import build_segmentation
 
     source = pydicom.dcmread(path)
     source.ImagerPixelSpacing = [0.3, 0.3]
@@ -789,9 +829,12 @@ def real_run_reading(browser: Browser, ohif: OhifServer, pacs: OrthancServer, pa
     description = "Aortic root (AI, real run)"
     seg = build_segmentation(source, masks, frame_numbers=[10, 40, 70], series_number=906,
                              series_description=description, algorithm_name="taviseg-viewer-check",
-                             algorithm_version="1", image_plane_groups=True)
+                             algorithm_version="1", image_plane_groups=True,
+                             series_instance_uid=generate_uid(entropy_srcs=[source.SOPInstanceUID, "series"]),
+                             sop_instance_uid=generate_uid(entropy_srcs=[source.SOPInstanceUID, "seg"]))
     store(pacs, [source, seg])
-    shot, error = ohif_show(browser, ohif, str(source.StudyInstanceUID), description, "SEG", 40)
+    shot, error = ohif_show(browser, ohif, str(source.StudyInstanceUID), description, "SEG", 40,
+                            wait_cached=wait_cached)
     if shot is None:
         if shot_path is not None:
             save_thumbnail(browser.screenshot(), shot_path)
@@ -819,7 +862,7 @@ def webviewer_cell(browser: Browser, pacs: OrthancServer, study: ViewerStudy, la
     if label != "SC overlay":
         browser.open(webviewer_url(pacs, str(ds.SeriesInstanceUID)))
         shot = _settle(browser, None, timeout_s=15)
-        err = _errors(browser)
+        err = _errors(browser) or _http_errors(browser)
         rect = image_rectangle(shot, share=0.02)
         note = ("its own series: " + (f"error ({err})" if err else
                 "shown alone as a separate black-and-white image, not on the XA" if rect
@@ -845,8 +888,8 @@ def webviewer_cell(browser: Browser, pacs: OrthancServer, study: ViewerStudy, la
 
 def save_thumbnail(shot: np.ndarray, path: Path, width: int = 400) -> None:
     """A small PNG of a screenshot: ``width`` px wide, 64-colour palette (a few tens of KB)."""
-    import cv2  # noqa: PLC0415
-    from PIL import Image  # noqa: PLC0415
+    import cv2
+    from PIL import Image
 
     height = max(1, round(shot.shape[0] * width / shot.shape[1]))
     small = cv2.resize(shot, (width, height), interpolation=cv2.INTER_AREA)

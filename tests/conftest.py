@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-import training  # noqa: F401  (first: turns off Albumentations' version check over the network)
-from testkit.paths import REPO, free_port, samples_path  # noqa: F401  (re-exported to the tests)
+import training  # noqa: F401 - first: turns off Albumentations' version check over the network
+from testkit.paths import REPO, free_port, samples_path  # noqa: F401 - re-exported to the tests
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 #: scripts/test.sh has just installed every peer: a missing one is then a failure, not a skip.

@@ -31,7 +31,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh environment with taviseg installed from a wheel; returns its bin folder."""
     root = tmp_path_factory.mktemp("install")
     source = root / "source"  # a copy: building in the checkout would leave build/ in it
-    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, check=True, capture_output=True).stdout
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                             cwd=REPO, check=True, capture_output=True).stdout
     for name in tracked.decode().split("\0"):
         if name and (REPO / name).is_file() and not name.startswith(("tests/", "bench/", "docs/")):
             (source / name).parent.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from tavidata.errors import DatasetError, SplitError
 from tavidata.format import Dataset, FrameRecord
 from tavidata.splits import Fold, Splits
-from tavidata.errors import DatasetError, SplitError
 
 if TYPE_CHECKING:
     import albumentations as A

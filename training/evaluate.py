@@ -42,7 +42,7 @@ import numpy as np
 from segmentation.inference.config import InferenceConfig, PostprocessConfig, check_inference_section
 from tavicore.config import CONF_DIR, ConfigError, apply_overrides, from_dict, read_yaml, setting
 from training.errors import EvaluationError
-from training.stats import ConfidenceInterval, Comparison, bootstrap_ci, pairwise_comparisons
+from training.stats import Comparison, ConfidenceInterval, bootstrap_ci, pairwise_comparisons
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ def splits_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def check_selection(provenance: Mapping[str, Any], splits: Any, splits_hash: str, folds: tuple[int, ...]) -> SelectionCheck:
+def check_selection(provenance: Mapping[str, Any], splits: Any, splits_hash: str,
+                    folds: tuple[int, ...]) -> SelectionCheck:
     """Check from a model folder's provenance that fold k's weights never saw fold k's test set.
 
     ``taviseg train`` records ``provenance["splits"]["sha256"]`` (the splits file it trained

@@ -66,7 +66,7 @@ class SearchSpace:
             if len(set(values)) != len(values):
                 raise ValueError(f"search_space.{name}: duplicate values in {list(values)}")
 
-    def restrict(self, architecture: str) -> "SearchSpace":
+    def restrict(self, architecture: str) -> SearchSpace:
         """The same space with a single architecture (the paper tuned each one separately).
 
         Raises:

@@ -44,6 +44,9 @@ from tavicore.config import to_dict
 from tavicore.device import resolve_device as core_resolve_device
 from tavicore.errors import DeviceError
 from tavicore.fileio import write_json_atomic, write_text_atomic
+from tavidata.errors import SplitError
+from tavidata.format import Dataset
+from tavidata.splits import SPLITS_FILENAME, Splits, check_splits, load_splits
 from training.checkpoint import (
     capture_rng_state,
     load_checkpoint,
@@ -54,9 +57,6 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig
 from training.data import EvalFrameDataset, FrameDataset, derive_seed, fold_records, get_fold, make_loader
-from tavidata.format import Dataset
-from tavidata.splits import SPLITS_FILENAME, Splits, check_splits, load_splits
-from tavidata.errors import SplitError
 from training.errors import NonFiniteLossError, TrainingError
 from training.loss import SoftDiceLoss, dice_per_frame
 from training.optim import build_optimizer
@@ -335,9 +335,9 @@ def train_fold(
         TrainingError: a checkpoint of another configuration or split in ``out_dir``, an
             unreadable checkpoint, or no CUDA for a CUDA device.
     """
-    from segmentation.models.zoo import build_model, padded_input_size
     from torch.utils.tensorboard import SummaryWriter
 
+    from segmentation.models.zoo import build_model, padded_input_size
     from training.augment import build_train_transform
     from training.batch_size import resolve_batch_size
 

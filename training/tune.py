@@ -50,10 +50,10 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from tavicore.config import CONF_DIR, ConfigError, apply_overrides, from_dict, load_config, setting, to_dict
+from tavicore.fileio import write_text_atomic
 from training.config import TrainConfig, check_model_names, load_train_config
 from training.errors import NonFiniteLossError, TrainingError, TrialFailedError, TuneError
 from training.search_space import PARAM_NAMES, SearchSpace, apply_params, check_search_space, suggest
-from tavicore.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -78,7 +78,8 @@ bad: bad inputs
     and a few value changes depend on a reader's leniency (NumberOfFrames '1.5', a changed SOP
     Instance UID that pydicom copies into the File Meta, a File Meta claiming another accepted
     transfer syntax), so no status is predicted for them: those sends count only in "acceptable
-    answer". The per-send table (``bad_inputs.tsv``) has an ``expected`` column. A CRASH is the node process exiting (it is then restarted and the run goes on);
+    answer". The per-send table (``bad_inputs.tsv``) has an ``expected`` column. A CRASH is the node
+    process exiting (it is then restarted and the run goes on);
     after every send the bench also sends a C-ECHO, which must be answered Success.
     "unexpected-error failures" counts instances failed with the worker's "unexpected ..."
     reason (an exception outside the node's domain errors: recorded, but a sign of a bug).

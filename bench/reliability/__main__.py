@@ -38,7 +38,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})")
     parser.add_argument("--quick", action="store_true", help="small counts (a couple of minutes in all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of mutants and kill moments")
-    parser.add_argument("--mutants", type=int, help=f"bad inputs: mutants (default {FULL['mutants']}, quick {QUICK['mutants']})")
+    parser.add_argument("--mutants", type=int,
+                        help=f"bad inputs: mutants (default {FULL['mutants']}, quick {QUICK['mutants']})")
     parser.add_argument("--bad-processor", choices=("model", "fake"), default="model")
     parser.add_argument("--crash-runs", type=int, help=f"crash: runs (default {FULL['crash_runs']})")
     parser.add_argument("--kills", type=int, help=f"crash: SIGKILLs (default {FULL['kills']})")
@@ -46,15 +47,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--crash-delay-s", type=float, default=0.3, help="crash: fake processor delay per run")
     parser.add_argument("--max-resends", type=int, default=10, help="crash: re-sends of one run at most")
     parser.add_argument("--outage-runs", type=int, help=f"outage: runs (default {FULL['outage_runs']})")
-    parser.add_argument("--outage-s", type=float, help=f"outage: least time Orthanc stays down (default {FULL['outage_s']:g})")
+    parser.add_argument("--outage-s", type=float,
+                        help=f"outage: least time Orthanc stays down (default {FULL['outage_s']:g})")
     parser.add_argument("--outage-processor", choices=("model", "fake"), default="fake")
     parser.add_argument("--outage-delay-s", type=float, default=0.5, help="outage: fake processor delay per run")
     parser.add_argument("--senders", type=int, help=f"load: concurrent senders (default {FULL['senders']})")
-    parser.add_argument("--runs-per-sender", type=int, help=f"load: runs per sender (default {FULL['runs_per_sender']})")
+    parser.add_argument("--runs-per-sender", type=int,
+                        help=f"load: runs per sender (default {FULL['runs_per_sender']})")
     parser.add_argument("--load-processor", choices=("model", "fake"),
                         help="load: processor (default model; fake with --quick)")
     hostile.add_arguments(parser)
-    parser.add_argument("--drain-timeout", type=float, default=900.0, help="longest wait for the node to finish its work")
+    parser.add_argument("--drain-timeout", type=float, default=900.0,
+                        help="longest wait for the node to finish its work")
     parser.add_argument("--node-memory-limit-gib", type=float, default=12.0,
                         help="address-space cap of the node process (0: none), protects a shared machine")
     parser.add_argument("--workdir", type=Path, help="keep every file of the run here (default: a temporary folder)")

@@ -25,8 +25,8 @@ from bench.reliability.harness import (
     wait_drained,
 )
 from bench.reliability.mutants import CONTEXT_REFUSED, SUCCESS, make_mutants, sample_bases, synthetic_bases
-from testkit.paths import samples_path
 from testkit.node import echo
+from testkit.paths import samples_path
 
 #: Restarts tried after the node exits before a scenario gives up.
 MAX_RESTARTS = 5
@@ -235,7 +235,8 @@ def _judge_bad(bench: Bench, records: list[SendRecord], state: Path, crashes: in
         f"{not_sendable} not sendable; expected status {as_predicted} of {len(predicted)} (the sends whose status "
         f"follows from what was broken: samples, pixel data, header values the node checks, unreadable data sets), "
         f"acceptable answer {correct} of {len(sendable)} (Success the journal finishes, or a PS3.4 refusal; any "
-        f"status allowed for the {len(sendable) - len(predicted)} whose damage does not decide it), {wrong} wrong answers "
+        f"status allowed for the {len(sendable) - len(predicted)} whose damage does not decide it), "
+        f"{wrong} wrong answers "
         f"({no_answer} without an answer, {stuck} stuck), {crashes} crashes, {echo_text}; "
         f"{statuses['0x0000']} Success ({finals_text or 'none'}; {died} failed because the run killed the "
         f"processing process, {unexpected} unexpected-error failures), "

@@ -120,7 +120,7 @@ def scenario_crash(bench: Bench) -> tuple[str, bool]:
                         resent[i] += 1
                         wait_until(lambda: ctl.killed.is_set() or not node.alive() or echo(node.port) == 0,
                                    180, "node answering again")
-            except BaseException as exc:  # reported by the main thread
+            except BaseException as exc:  # noqa: BLE001 - the sender thread hands every failure to the main thread
                 sender_error.append(exc)
             finally:
                 done_sending.set()
@@ -134,7 +134,8 @@ def scenario_crash(bench: Bench) -> tuple[str, bool]:
             for k in range(args.kills):
                 target = round((k + 1) * len(runs) / (args.kills + 1))
                 with contextlib.suppress(TimeoutError):
-                    wait_until(lambda: len(acked) >= target or done_sending.is_set(), 300, "sender progress")
+                    wait_until(lambda target=target: len(acked) >= target or done_sending.is_set(), 300,
+                               "sender progress")
                 trigger = rng.choice(triggers)
                 _kill_on(trigger, ctl, state, rng, done_sending, args.crash_delay_s)
                 if node.alive():  # the trigger did not fire (work ran out): kill now
@@ -158,7 +159,8 @@ def scenario_crash(bench: Bench) -> tuple[str, bool]:
         finally:
             ctl.mid_transfer_pending.clear()
             node.terminate()
-        expected = set().union(*(processor.expected_uids(str(runs[i].SOPInstanceUID)) for i in acked)) if acked else set()
+        expected = (set().union(*(processor.expected_uids(str(runs[i].SOPInstanceUID)) for i in acked))
+                    if acked else set())
         present, lost, duplicates = count_outputs(dest, expected)
         again = redeliveries(state)
         counts = journal_state_counts(state)

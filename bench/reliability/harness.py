@@ -26,7 +26,6 @@ from pynetdicom import evt
 from pynetdicom.dsutils import split_dataset
 
 from dicom_node.pipeline import derive_uid, model_fingerprint
-from testkit.orthanc import OrthancServer, find_orthanc, start_orthanc
 from testkit.node import (
     FAKE_PROCESSOR,
     NodeProcess,
@@ -36,6 +35,7 @@ from testkit.node import (
     wait_until,
     write_config,
 )
+from testkit.orthanc import OrthancServer, find_orthanc, start_orthanc
 
 logger = logging.getLogger("bench.reliability")
 
@@ -90,7 +90,7 @@ class BenchNode(NodeProcess):
         self.memory_limit_gib = memory_limit_gib
         self.starts = 0
 
-    def start(self, timeout: float = 120.0) -> "BenchNode":
+    def start(self, timeout: float = 120.0) -> BenchNode:
         """Start the node, wait until it answers C-ECHO, then cap its processes' address space."""
         super().start(timeout=timeout)
         self.starts += 1

@@ -258,6 +258,36 @@ def rss_kib(node: BenchNode) -> int:
     return proc_status_kib(node.proc.pid, "VmRSS") or 0 if node.alive() else 0
 
 
+class RssPeak:
+    """Samples the node's RSS every 0.5 s in a thread (bounded count) while a ``with`` block runs."""
+
+    def __init__(self, node: BenchNode, max_s: float) -> None:
+        self.node, self.max_s = node, max_s
+        self.start = rss_kib(node)
+        self.peak = self.start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        for _ in range(int(self.max_s * 2) + 4):
+            self.peak = max(self.peak, rss_kib(self.node))
+            if self._stop.wait(0.5):
+                return
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.peak = max(self.peak, rss_kib(self.node))
+
+    @property
+    def growth_kib(self) -> int:
+        return max(self.peak - self.start, 0)
+
+
 def _fmt_rejections(found: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(found.items())) or "none"
 
@@ -354,16 +384,21 @@ def scenario_tls_stall(bench: Bench) -> tuple[str, bool]:
                 crowd.node_closed(s, attack_s(bench) + 10)
                 time.sleep(RECONNECT_S)
 
-        for i in range(n):
-            crowd.spawn(stall, f"tls-stall-{i}")
-        time.sleep(0.5)
-        probes = Probes().run(node.port, attack_s(bench), tls_args=tls_args)
-        crowd.stop()
+        with RssPeak(node, attack_s(bench) + 2) as rss:
+            for i in range(n):
+                crowd.spawn(stall, f"tls-stall-{i}")
+            time.sleep(0.5)
+            probes = Probes().run(node.port, attack_s(bench), tls_args=tls_args)
+            crowd.stop()
         found = rejections(node)
-    ok = probes.ok and crowd.closed_by_node >= n
+    growth = rss.growth_kib / max(crowd.opened, 1)
+    ok = probes.ok and crowd.closed_by_node >= n and growth <= RSS_TARGET_KIB
     line = (f"tls-stall: {n} silent plain-TCP connections on a TLS port (reconnecting), {attack_s(bench):g} s: "
             f"{probes.describe()}; {crowd.closed_by_node} of {crowd.opened} stalled connections closed by the node "
-            f"(handshake_timeout_s {HOSTILE_LIMITS['handshake_timeout_s']}); rejections: {_fmt_rejections(found)}")
+            f"(handshake_timeout_s {HOSTILE_LIMITS['handshake_timeout_s']}); "
+            f"RSS growth {rss.growth_kib / 1024:.1f} MiB in all, {growth:.0f} KiB per hostile connection "
+            f"(target <= {RSS_TARGET_KIB} KiB); "
+            f"rejections: {_fmt_rejections(found)}")
     return f"{line}; {node.crashes} crashes", ok and node.crashes == 0
 
 
@@ -374,9 +409,6 @@ def scenario_slowloris(bench: Bench) -> tuple[str, bool]:
     rq = associate_rq("ANGIO")
     crowd = Crowd()
     with running(node):
-        rss0 = rss_kib(node)
-        peak = [rss0]
-
         def partial_header() -> None:
             for _ in range(1000):
                 if crowd.stop_event.is_set():
@@ -410,21 +442,15 @@ def scenario_slowloris(bench: Bench) -> tuple[str, bool]:
                     time.sleep(0.5)
                 time.sleep(RECONNECT_S)
 
-        for i in range(n):
-            crowd.spawn(partial_header, f"slowloris-header-{i}")
-            crowd.spawn(drip, f"slowloris-drip-{i}")
-        time.sleep(0.5)
-        stop = threading.Event()
-        sampler = threading.Thread(target=lambda: [peak.append(rss_kib(node)) or stop.wait(0.5)
-                                                   for _ in range(int(attack_s(bench) * 2) + 4) if not stop.is_set()],
-                                   daemon=True)
-        sampler.start()
-        probes = Probes().run(node.port, attack_s(bench))
-        stop.set()
-        sampler.join(5)
-        crowd.stop()
+        with RssPeak(node, attack_s(bench) + 2) as rss:
+            for i in range(n):
+                crowd.spawn(partial_header, f"slowloris-header-{i}")
+                crowd.spawn(drip, f"slowloris-drip-{i}")
+            time.sleep(0.5)
+            probes = Probes().run(node.port, attack_s(bench))
+            crowd.stop()
         found = rejections(node)
-    total = max(max(peak) - rss0, 0)
+    total = rss.growth_kib
     growth = total / max(crowd.opened, 1)
     ok = probes.ok and growth <= RSS_TARGET_KIB
     line = (f"slowloris: {n} connections sending 3 header bytes + {n} dripping an A-ASSOCIATE-RQ at 2 bytes/s "

@@ -59,10 +59,12 @@ def scenario_load(bench: Bench) -> tuple[str, bool]:
     line = (
         f"load: {n_senders} concurrent senders ({how}) x {per} runs (8 frames 128x128 XA), {answered} of {total} "
         f"answered Success in {fmt_s(answered_s)}, {counts['done']} of {total} processed ({processor.describe()}), "
-        f"{present} of {len(expected)} outputs at {dest_name}, {lost} lost, {duplicates} duplicates, {crashes} crashes, "
+        f"{present} of {len(expected)} outputs at {dest_name}, {lost} lost, {duplicates} duplicates, "
+        f"{crashes} crashes, "
         f"node peak RSS {(own_kib + children_kib) / 1024**2:.2f} GiB (VmHWM: node process {own_kib / 1024**2:.2f} + "
         f"processing process {children_kib / 1024**2:.2f}; {baseline_kib / 1024**2:.2f} GiB after start-up), "
-        f"wall {fmt_s(wall)} from first send to last delivery ({total / wall:.2f} runs/s); total {fmt_s(time.monotonic() - t0)}"
+        f"wall {fmt_s(wall)} from first send to last delivery ({total / wall:.2f} runs/s); "
+        f"total {fmt_s(time.monotonic() - t0)}"
     )
     ok = answered == total and counts["done"] == total and lost == 0 and duplicates == 0 and crashes == 0 and drained
     return line, ok

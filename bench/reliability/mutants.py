@@ -333,7 +333,8 @@ def m_meta_in_dataset(rng: random.Random, ds: pydicom.Dataset, base: Base) -> tu
     meta.MediaStorageSOPClassUID = ds.file_meta.MediaStorageSOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = ds.file_meta.TransferSyntaxUID
-    return part10_bytes(meta, data[cut:]), "the whole file (" + ("meta" if cut else "preamble") + " on) inside the data set"
+    where = "the whole file (" + ("meta" if cut else "preamble") + " on) inside the data set"
+    return part10_bytes(meta, data[cut:]), where
 
 
 def m_random_file(rng: random.Random, ds: pydicom.Dataset, base: Base) -> tuple[bytes, str]:

@@ -17,8 +17,8 @@ from bench.reliability.harness import (
     send_dataset,
     wait_drained,
 )
-from testkit.orthanc import start_orthanc
 from testkit.node import make_xa, wait_until
+from testkit.orthanc import start_orthanc
 
 
 def scenario_outage(bench: Bench) -> tuple[str, bool]:

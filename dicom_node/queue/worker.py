@@ -148,8 +148,9 @@ class WorkerPool:
         """Claim, process and commit one instance.
 
         Returns:
-            The final state (``done``, ``skipped``, ``failed``), or None when another worker
-            had claimed it or it was superseded.
+            The final state (``done``, ``skipped``, ``failed``), ``deferred`` when its outputs
+            could not be written (back to ``received``, retried through ``on_deferred``), or
+            None when another worker had claimed it or it was superseded.
 
         Raises:
             JournalError: the journal could not be updated (the instance stays unfinished).

@@ -291,7 +291,7 @@ def decode_with_gdcm(frame: bytes, layout: PixelLayout) -> np.ndarray:
     Raises DicomDecodeError when GDCM is missing or returns no or too little data.
     """
     try:
-        import gdcm  # noqa: PLC0415 - optional, heavy
+        import gdcm  # optional, heavy
     except ImportError:
         raise DicomDecodeError("python-gdcm is not installed") from None
     fragment = gdcm.Fragment()

@@ -172,7 +172,7 @@ def references_frames(source: Dataset) -> bool:
     without NumberOfFrames, the plain Secondary Capture class even with a stray
     NumberOfFrames) are referenced as a whole.
     """
-    from highdicom._standard_utils import is_multiframe_image  # noqa: PLC0415
+    from highdicom._standard_utils import is_multiframe_image
 
     return source_frame_count(source) is not None and bool(is_multiframe_image(source))
 

@@ -18,14 +18,14 @@ Two forms, chosen by configuration (the node sends none, one or both):
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from segmentation.dicom.header import (
     body_part,
@@ -118,7 +118,7 @@ def build_presentation_state(
     highdicom GrayscaleSoftcopyPresentationState. Raises DicomWriteError for inconsistent
     inputs or a highdicom failure.
     """
-    import highdicom as hd  # noqa: PLC0415
+    import highdicom as hd
 
     header = reference_header(source_header)
     masks = _check(header, masks, frame_numbers)
@@ -203,7 +203,7 @@ def _pr_reference(header: Dataset) -> Dataset:
     to them), so the copy gets an empty shared functional group item. Only UIDs, Rows,
     Columns and the Image Pixel description reach the output.
     """
-    from highdicom._standard_utils import is_multiframe_image  # noqa: PLC0415
+    from highdicom._standard_utils import is_multiframe_image
 
     reference = Dataset()
     reference.update(header)

@@ -22,7 +22,7 @@ source highdicom treats as multi-frame:
    ReferencedFrameNumber to the real source frame number (omitted for sources without a
    Multi-frame module, where a frame reference is not allowed).
 
-With ``image_plane_groups=True`` (off by default) step 3 keeps, in the shared functional
+With ``image_plane_groups=True`` (the default; tests/viewers shows why) step 3 keeps, in the shared functional
 groups, a Plane Orientation item with the identity cosines (1,0,0,0,1,0) and a Pixel Measures
 item (PixelSpacing: the run's calibrated spacing, the one the SR's mm values use; a nominal
 SliceThickness of 1 mm, which highdicom's reader requires), for calibrated sources only: no
@@ -66,14 +66,14 @@ DEFAULT_MANUFACTURER = "taviseg"
 
 
 def _code(triple: tuple[str, str, str]):  # -> highdicom.sr.CodedConcept
-    from highdicom.sr import CodedConcept  # noqa: PLC0415 - heavy import
+    from highdicom.sr import CodedConcept  # heavy import
 
     return CodedConcept(value=triple[0], scheme_designator=triple[1], meaning=triple[2])
 
 
 def segment_description(algorithm_name: str, algorithm_version: str, *, label: str = "aortic root"):
     """The highdicom SegmentDescription of the aortic root segment (number 1, AUTOMATIC)."""
-    import highdicom as hd  # noqa: PLC0415
+    import highdicom as hd
 
     return hd.seg.SegmentDescription(
         segment_number=1,
@@ -91,7 +91,7 @@ def segment_description(algorithm_name: str, algorithm_version: str, *, label: s
 
 
 def _slice_normal() -> np.ndarray:
-    from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_normal_vector  # noqa: PLC0415
+    from highdicom.spatial import VOLUME_INDEX_CONVENTION, get_normal_vector
 
     return np.asarray(
         get_normal_vector([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], index_convention=VOLUME_INDEX_CONVENTION)
@@ -131,7 +131,7 @@ _TEMPORARY_GROUPS = ("PlaneOrientationSequence", "PixelMeasuresSequence", "Plane
 
 def _image_plane_groups(shared: Dataset, header: Dataset) -> None:
     """Identity Plane Orientation and Pixel Measures of a calibrated source (see module doc)."""
-    from segmentation.dicom.calibration import calibrate  # noqa: PLC0415
+    from segmentation.dicom.calibration import calibrate
 
     calibration = calibrate(header, number_of_frames=source_frame_count(header) or 1)
     if calibration.spacing_mm is None:
@@ -239,7 +239,8 @@ def build_segmentation(
     manufacturer_model_name: str = "taviseg aortic root segmentation",
     device_serial_number: str = "1",
     content_label: str = "AORTIC_ROOT",
-    image_plane_groups: bool = False,
+    content_description: str = "Aortic root segmentation",
+    image_plane_groups: bool = True,
 ) -> Dataset:
     """Build the aortic-root DICOM Segmentation of one source run.
 
@@ -251,11 +252,13 @@ def build_segmentation(
     keeps frames without any root so viewers stay aligned. ``image_plane_groups`` keeps
     identity Plane Orientation and Pixel Measures items for multi-frame sources, which OHIF
     v3 needs to show the SEG (see module doc).
+    ``content_description`` (at most 64 characters kept) carries the node's quality-control
+    verdict.
     Returns a highdicom Segmentation (a pydicom Dataset, ready for ``save_as``/C-STORE).
     Raises DicomWriteError for inconsistent inputs or a highdicom failure.
     """
-    import highdicom as hd  # noqa: PLC0415
-    from highdicom._standard_utils import is_multiframe_image  # noqa: PLC0415
+    import highdicom as hd
+    from highdicom._standard_utils import is_multiframe_image
 
     header = reference_header(source_header)
     masks, numbers = _check_inputs(header, masks, frame_numbers, fractional)
@@ -290,7 +293,7 @@ def build_segmentation(
                 device_serial_number=device_serial_number,
                 fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
                 content_label=content_label,
-                content_description="Aortic root segmentation"[:64],
+                content_description=content_description[:64],
                 omit_empty_frames=not keep_empty_frames,
                 series_description=series_description[:64],
             )

@@ -8,7 +8,10 @@ measurement group (TID 1410) per measured source frame. Each group
 * holds the root area (SCT 42798000 "Area") in mm2, or in UCUM ``{pixels}`` when the run is
   uncalibrated, with the calibration rule as the measurement method (coding scheme
   ``99TAVISEG``, codes in :data:`CALIBRATION_CODES`);
-* holds the model's confidence for the frame as "Certainty of Finding" (DCM 111012) in %.
+* holds the model's confidence for the frame as "Certainty of Finding" (DCM 111012) in %
+  (with QC data: the calibrated quality, P(frame Dice >= 0.8), see docs/qc.md);
+* for frames the quality control singled out, a qualitative evaluation "Outline quality
+  control" (scheme ``99TAVISEG``): uncertain, withheld, or no aortic root in view.
 
 The algorithm is the device observer and the measurements' algorithm identification; the model
 variant that produced the masks (``onnx-int8``, ``onnx``, ``eager``...: the engine's backend name)
@@ -49,26 +52,37 @@ CALIBRATION_CODES: dict[CalibrationSource, str] = {
 AREA = ("42798000", "SCT", "Area")
 CERTAINTY_OF_FINDING = ("111012", "DCM", "Certainty of Finding")
 AORTOGRAPHY = ("54640009", "SCT", "Aortography")
+#: Quality-control evaluation of a frame's outline (scheme 99TAVISEG): name and values.
+QC_EVALUATION = ("QC-OUTLINE", CODING_SCHEME, "Outline quality control")
+QC_VALUES: dict[str, tuple[str, str, str]] = {
+    "uncertain": ("QC-UNCERTAIN", CODING_SCHEME, "Outline uncertain, review"),
+    "withheld": ("QC-WITHHELD", CODING_SCHEME, "Outline withheld, low quality"),
+    "no-root": ("QC-NO-ROOT", CODING_SCHEME, "No aortic root in view"),
+}
 
 
 @dataclass(frozen=True)
 class FrameMeasurement:
-    """What is reported for one source frame: its 1-based number, root pixels, confidence."""
+    """What is reported for one source frame: its 1-based number, root pixels, confidence, and
+    the quality-control note (None, or a key of :data:`QC_VALUES`)."""
 
     frame_number: int
     pixel_count: int
     confidence: float | None = None
+    qc: str | None = None
 
 
 def measure_frames(
     masks: np.ndarray,
     frame_numbers: Sequence[int],
     confidences: Sequence[float] | np.ndarray | None = None,
+    qc_notes: Sequence[str | None] | None = None,
 ) -> list[FrameMeasurement]:
     """Count root pixels per frame.
 
     Takes masks (N, rows, columns), their 1-based source frame numbers and optional
-    per-frame confidences in [0, 1]. Returns one :class:`FrameMeasurement` per mask.
+    per-frame confidences in [0, 1] and QC notes (keys of :data:`QC_VALUES` or None).
+    Returns one :class:`FrameMeasurement` per mask.
     Raises DicomWriteError when the lengths disagree.
     """
     masks = np.asarray(masks, dtype=bool)
@@ -84,13 +98,14 @@ def measure_frames(
             frame_number=int(n),
             pixel_count=int(c),
             confidence=None if confidences is None else float(confidences[i]),
+            qc=None if qc_notes is None else qc_notes[i],
         )
         for i, (n, c) in enumerate(zip(frame_numbers, counts))
     ]
 
 
 def _concept(triple: tuple[str, str, str]):  # -> highdicom.sr.CodedConcept
-    from highdicom.sr import CodedConcept  # noqa: PLC0415
+    from highdicom.sr import CodedConcept
 
     return CodedConcept(value=triple[0], scheme_designator=triple[1], meaning=triple[2])
 
@@ -134,8 +149,8 @@ def build_measurement_report(
     Raises DicomWriteError for a frame without SEG frame, a confidence outside [0, 1], or
     a highdicom failure.
     """
-    import highdicom as hd  # noqa: PLC0415
-    from highdicom.sr import CodedConcept  # noqa: PLC0415
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
 
     header = reference_header(source_header)
     if not measurements:
@@ -185,6 +200,13 @@ def build_measurement_report(
                     algorithm_id=algorithm,
                 )
             )
+        evaluations = None
+        if item.qc is not None:
+            if item.qc not in QC_VALUES:
+                raise DicomWriteError(f"QC note {item.qc!r} of frame {item.frame_number}; valid: {sorted(QC_VALUES)}")
+            evaluations = [
+                hd.sr.QualitativeEvaluation(name=_concept(QC_EVALUATION), value=_concept(QC_VALUES[item.qc]))
+            ]
         source_image = hd.sr.SourceImageForSegmentation(
             referenced_sop_class_uid=header.SOPClassUID,
             referenced_sop_instance_uid=header.SOPInstanceUID,
@@ -205,6 +227,7 @@ def build_measurement_report(
                 ),
                 finding_type=finding,
                 measurements=values,
+                qualitative_evaluations=evaluations,
             )
         )
     observer = hd.sr.ObserverContext(

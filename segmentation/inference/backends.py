@@ -26,11 +26,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tavicore.device import resolve_device as core_resolve_device
-from tavicore.errors import DeviceError
-
 from segmentation.errors import InferenceError
 from segmentation.models.folder import ModelFolder
+from tavicore.device import resolve_device as core_resolve_device
+from tavicore.errors import DeviceError
 from tavicore.fileio import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -223,7 +222,7 @@ def export_onnx(model: torch.nn.Module, architecture: str, *, padded_size: int, 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 data = fn(model, example)
-        except Exception as exc:  # exporters raise many unrelated types; try the other one
+        except Exception as exc:  # noqa: BLE001 - exporters raise many unrelated types; try the other one
             errors.append(f"{name}: {type(exc).__name__}: {str(exc)[:300]}")
             logger.info("ONNX export with %s failed (%s); trying the next exporter", name, type(exc).__name__)
             continue

@@ -2,8 +2,9 @@
 
 Definition: with ``p`` the (ensembled) foreground probability map at the frame's original size
 and ``M`` the final mask, the region of interest ``R`` is every pixel within
-``margin = margin_fraction * min(H, W)`` pixels (Euclidean, 5x5-mask approximation) of ``M`` (the predicted region and its
-neighbourhood, where a wrong boundary would show); if ``M`` is empty, ``R`` is the whole frame.
+``margin = margin_fraction * min(H, W)`` pixels (Euclidean, 5x5-mask approximation) of ``M``
+(the predicted region and its neighbourhood, where a wrong boundary would show); if ``M`` is
+empty, ``R`` is the whole frame.
 The confidence is the mean over ``R`` of ``|2p - 1|`` (= ``2 max(p, 1 - p) - 1``): 1 when every
 pixel there is decided with certainty (p = 0 or 1), 0 when every pixel sits at p = 0.5.
 Pixels far from the prediction (mostly confident background) are left out, so the score is

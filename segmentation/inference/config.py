@@ -22,7 +22,7 @@ from tavicore.config import CONF_DIR, ConfigError, load_config, setting
 #: The default configuration file.
 DEFAULT_INFERENCE_CONFIG = CONF_DIR / "inference.yaml"
 
-Backend = Literal["auto", "eager", "onnx", "bf16"]
+Backend = Literal["auto", "eager", "onnx", "onnx-int8", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ class InferenceConfig:
 
     device: str = setting("auto", doc="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     backend: Backend = setting(
-        "auto", doc="auto (GPU: eager + bf16/fp16 autocast; CPU: ONNX Runtime), eager, onnx, bf16"
+        "auto", doc="auto (GPU: eager + bf16/fp16 autocast; CPU: the model folder's int8 variant when it has "
+        "one, else ONNX Runtime fp32), eager, onnx (fp32), onnx-int8 (CPU only), bf16"
     )
     batch_size: int = setting(8, ge=1, le=1024, doc="frames per forward pass")
     folds: tuple[int, ...] | None = setting(None, doc="folds to ensemble; null = all folds present")

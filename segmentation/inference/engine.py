@@ -152,7 +152,7 @@ class InferenceEngine:
         threads: int = 0,
         onnx_cache_dir: str | Path | None = None,
         host_threads: int = 2,
-    ) -> "InferenceEngine":
+    ) -> InferenceEngine:
         """Load a model folder and prepare one backend per selected fold.
 
         Args:
@@ -199,7 +199,7 @@ class InferenceEngine:
         )
 
     @classmethod
-    def from_config(cls, folder: str | Path | ModelFolder, config: InferenceConfig) -> "InferenceEngine":
+    def from_config(cls, folder: str | Path | ModelFolder, config: InferenceConfig) -> InferenceEngine:
         """Build an engine from an :class:`InferenceConfig` (``conf/inference.yaml``)."""
         return cls.from_folder(
             folder, device=config.device, backend=config.backend, batch_size=config.batch_size,
@@ -291,7 +291,8 @@ class InferenceEngine:
 
     def _finish(self, probabilities: np.ndarray, shape: tuple[int, int], keep: bool):
         """One frame's network-size map -> (mask, confidence, map or None) at its original size."""
-        p = restore_probabilities(probabilities[None], Geometry(self.spec.input_size, self.spec.padded_size, (shape,)))[0]
+        geometry = Geometry(self.spec.input_size, self.spec.padded_size, (shape,))
+        p = restore_probabilities(probabilities[None], geometry)[0]
         mask = postprocess_mask(p, self.postprocess, default_threshold=self.spec.threshold)
         conf = frame_confidence(p, mask, margin_fraction=self.confidence_config.margin_fraction)
         return mask, conf, (p if keep else None)

@@ -76,6 +76,9 @@ class QuantizeSettings:
     max_dice_change: float = 0.005
     batch_size: int = 4
     keep_head_float: bool = True
+    #: Operator types quantised (None: every type ONNX Runtime can quantise; ("Conv",): only the
+    #: convolutions, the element-wise operations between them staying in float).
+    op_types: tuple[str, ...] | None = None
     seed: int = 0
     threads: int = 0
 
@@ -129,7 +132,8 @@ class FoldCheck:
                   f"(change {self.dice_change:+.4f})")
         verdict = "passed" if self.passed else "FAILED: " + "; ".join(self.reasons)
         return (f"fold {self.fold}: {self.frames} held-out frames, int8 vs fp32 mask Dice median "
-                f"{self.median_dice_vs_fp32:.4f}, worst {self.min_dice_vs_fp32:.4f} ({self.worst_frame}){gt}: {verdict}")
+                f"{self.median_dice_vs_fp32:.4f}, worst {self.min_dice_vs_fp32:.4f} ({self.worst_frame}){gt}: "
+                f"{verdict}")
 
 
 @dataclass
@@ -299,10 +303,22 @@ def quantize_onnx(
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     pre = work_dir / "preprocessed.onnx"
+    pre_process = "quant_pre_process (symbolic and ONNX shape inference, graph optimisation)"
     try:
         quant_pre_process(str(fp32_path), str(pre))
-    except Exception as exc:  # onnxruntime/onnx raise many types here
-        raise QuantizationError(f"{fp32_path}: quant_pre_process failed: {type(exc).__name__}: {exc}") from exc
+    except Exception as first:  # noqa: BLE001  (onnxruntime/onnx raise many types here)
+        # ONNX Runtime's symbolic shape inference gives up on some graphs (MA-Net/EfficientNet-B4:
+        # "Incomplete symbolic shape inference"); ONNX's own shape inference is enough for a CNN
+        logger.info("quant_pre_process failed (%s: %s); retrying without symbolic shape inference",
+                    type(first).__name__, first)
+        pre_process = "quant_pre_process without symbolic shape inference (ONNX shape inference, graph optimisation)"
+        try:
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        except Exception as exc:
+            raise QuantizationError(
+                f"{fp32_path}: quant_pre_process failed: {type(first).__name__}: {first}; "
+                f"without symbolic shape inference: {type(exc).__name__}: {exc}"
+            ) from exc
     exclude = _head_nodes(pre) if settings.keep_head_float else []
     from segmentation.inference.backends import ONNX_INPUT
 
@@ -314,13 +330,14 @@ def quantize_onnx(
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=methods[settings.calibrate_method], nodes_to_exclude=exclude,
+            op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
             extra_options={"CalibStridedMinMax": 1},  # one batch at a time, ranges merged
         )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph and plain errors
         raise QuantizationError(f"{fp32_path}: quantize_static failed: {type(exc).__name__}: {exc}") from exc
     finally:
         logging.getLogger().removeFilter(quiet)
-    return {"nodes_kept_float": exclude}
+    return {"pre_process": pre_process, "nodes_kept_float": exclude}
 
 
 # ---------------------------------------------------------------------------- accuracy check
@@ -375,6 +392,7 @@ def quantize_model_folder(
     settings: QuantizeSettings | None = None,
     folds: Sequence[int] | None = None,
     onnx_cache_dir: str | Path | None = None,
+    rejected_dir: str | Path | None = None,
 ) -> QuantizeReport:
     """Quantise every (or the given) fold of a model folder to int8 and write the variant.
 
@@ -386,6 +404,9 @@ def quantize_model_folder(
         settings: Frames, calibration method and accuracy targets (default :class:`QuantizeSettings`).
         folds: Folds to quantise (default: all). The variant lists only these.
         onnx_cache_dir: Where the fp32 export is cached (default: the engine's cache dir).
+        rejected_dir: When the check fails, the candidate int8 files are written here
+            (``fold_<k>.onnx-int8.rejected.onnx``, listed in the error's ``report.files``) for
+            inspection and benchmarks; never into the model folder.
 
     Returns:
         A :class:`QuantizeReport` with ``written=True``.
@@ -449,6 +470,12 @@ def quantize_model_folder(
             outputs[fold] = out.read_bytes()
     report.seconds = time.perf_counter() - t0
     if not report.passed:
+        if rejected_dir is not None:
+            Path(rejected_dir).mkdir(parents=True, exist_ok=True)
+            for fold, data in outputs.items():
+                path = Path(rejected_dir) / f"fold_{fold}.{INT8_VARIANT}.rejected.onnx"
+                path.write_bytes(data)
+                report.files[fold] = path
         failed = [c.describe() for c in report.checks if not c.passed]
         raise AccuracyCheckError(
             f"{mf.path}: int8 variant not written, the accuracy check failed: {' | '.join(failed)}", report

@@ -52,7 +52,7 @@ _SAFE_TORCH_UTILS = frozenset(
 class _Stub:
     """Inert stand-in for a class named in a pickle: records its state, runs no code."""
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "_Stub":
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:
         return object.__new__(cls)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -285,7 +285,8 @@ def import_checkpoints(
     ]
     first = infos[0]
     for info in infos[1:]:
-        if (info.architecture, info.encoder, info.in_channels) != (first.architecture, first.encoder, first.in_channels):
+        if ((info.architecture, info.encoder, info.in_channels)
+                != (first.architecture, first.encoder, first.in_channels)):
             raise ModelError(
                 f"{info.path}: {info.architecture}/{info.encoder}/{info.in_channels}ch differs from "
                 f"{first.path}: {first.architecture}/{first.encoder}/{first.in_channels}ch"

@@ -392,7 +392,9 @@ def read_variants(folder: str | Path) -> dict[str, ModelVariant]:
     entries = data.get("variants", {})
     if not isinstance(entries, dict):
         raise ModelError(f"{path}: 'variants' is not a JSON object")
-    return {str(name): ModelVariant.from_json_dict(str(name), entry, source=str(path)) for name, entry in entries.items()}
+    return {
+        str(name): ModelVariant.from_json_dict(str(name), entry, source=str(path)) for name, entry in entries.items()
+    }
 
 
 def save_variant(

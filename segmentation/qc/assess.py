@@ -11,9 +11,9 @@ its folder's :class:`~segmentation.qc.store.QualityModel`. For a run (a sequence
    neighbouring frames (:mod:`.temporal`), the old confidence, and the encoder features'
    Mahalanobis distance to the training frames (:mod:`.ood`);
 3. turns the features into P(frame Dice >= 0.8) with the calibrator, flags frames below the
-   folder's ``flag_below`` or beyond the fitted feature range (``ood_flag``), and applies the "no root here" gate: a frame far out of
-   distribution, with an implausible predicted area or an outlined region no darker than its
-   surroundings gets an empty mask and the reason.
+   folder's ``flag_below`` or beyond the fitted feature range (``ood_flag``), and applies the
+   "no root here" gate: a frame far out of distribution, with an implausible predicted area or
+   an outlined region no darker than its surroundings gets an empty mask and the reason.
 
 Without QC data in the folder, masks and the old confidence are still produced; quality is
 None ("not available") and nothing is gated or flagged.
@@ -232,7 +232,8 @@ class QualityAssessor:
             f["ood_log_distance"] = float(math.log1p(d))
             f["shape_implausibility"] = qc.shape.implausibility(f)
         quality = qc.calibrator.predict_dicts(m.features) if n else np.zeros(0)
-        reasons = [qc.gate.reason(f["ood_distance"], f["area_frac"], f["mask_contrast"]) for f in m.features]
+        reasons = [qc.gate.reason(f["ood_distance"], f["area_frac"], f["mask_contrast"], f["shape_implausibility"])
+                   for f in m.features]
         masks = [np.zeros_like(mask) if r is not None else mask for mask, r in zip(m.masks, reasons)]
         flagged = ((quality < qc.flag_below) | (distances > qc.ood_flag)
                    | np.array([r is not None for r in reasons], bool))

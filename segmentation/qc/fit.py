@@ -191,7 +191,8 @@ def fit_quality_model(
     q_good = calibrator.predict(_feature_matrix(held_good)) if held_good else np.ones(1)
     flag_below = float(np.clip(np.quantile(q_good, target_false_alarm), 0.05, 0.95))
     held_d = np.array([r["features"]["ood_distance"] for r in held_rows]) if held_rows else ood.train_distances
-    good_contrast = np.array([r["features"]["mask_contrast"] for r in held_good]) if held_good else np.array(gt_contrast)
+    good_contrast = (np.array([r["features"]["mask_contrast"] for r in held_good]) if held_good
+                     else np.array(gt_contrast))
     area = [f["area_frac"] for f in gt_shapes if f["area_frac"] > 0]
     gate = Gate(
         ood_max=float(2.0 * max(float(held_d.max()), ood.train_quantile(1.0))),
@@ -210,7 +211,8 @@ def fit_quality_model(
     qc = QualityModel(calibrator=calibrator, shape=shape, ood=ood, gate=gate, flag_below=flag_below,
                       provenance=provenance, ood_flag=float(1.25 * held_d.max()))
     gated_good = sum(gate.reason(r["features"]["ood_distance"], r["features"]["area_frac"],
-                                 r["features"]["mask_contrast"]) is not None for r in held_good)
+                                 r["features"]["mask_contrast"], shape.implausibility(r["features"])) is not None
+                     for r in held_good)
     logger.info("QC fit: flag below %.3f; gate %s; gate fires on %d of %d good held-out frames",
                 flag_below, gate, gated_good, len(held_good))
     if save:

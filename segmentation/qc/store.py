@@ -43,11 +43,20 @@ NOT_AVAILABLE = "not available"
 _reported_missing: set[str] = set()
 
 
+#: Shape implausibility (RMS z-score) past which an out-of-distribution frame's outline is no root.
+DEFAULT_SHAPE_MAX = 2.5
+
+
 @dataclass(frozen=True)
 class Gate:
     """When a frame gets the "no root here" answer (an empty mask and the reason).
 
     ``ood_max``: encoder-feature distance beyond which the input is unlike any training frame;
+    ``shape_max``: shape implausibility (RMS z-score against the training masks) beyond which
+    an outline is unlike an aortic root. Distance alone never empties a mask: real frames are
+    farther from any synthetic training set than held-out synthetic frames, and a plausible
+    root on them must keep its outline (it is flagged instead). Only an input unlike the
+    training frames whose outline is also unlike a root gets the "no root here" answer;
     ``area_frac_min``/``area_frac_max``: plausible predicted area as a fraction of the frame;
     ``contrast_min``: the outlined region must be at least this much darker than its ring.
     """
@@ -56,11 +65,13 @@ class Gate:
     area_frac_min: float
     area_frac_max: float
     contrast_min: float
+    shape_max: float = DEFAULT_SHAPE_MAX
 
-    def reason(self, ood: float, area_frac: float, contrast: float) -> str | None:
-        """Why a frame gets no outline, or None when it keeps its mask."""
-        if ood > self.ood_max:
-            return f"input unlike the training frames (distance {ood:.0f} > {self.ood_max:.0f})"
+    def reason(self, ood: float, area_frac: float, contrast: float, shape: float = 0.0) -> str | None:
+        """Why a frame gets no outline, or None when it keeps its mask (``shape``: implausibility)."""
+        if ood > self.ood_max and shape > self.shape_max:
+            return (f"input unlike the training frames (distance {ood:.1f} > {self.ood_max:.1f}) and outline "
+                    f"unlike an aortic root (shape {shape:.1f} > {self.shape_max:.1f})")
         if area_frac <= 0.0:
             return "nothing segmented"
         if area_frac > self.area_frac_max:
@@ -98,7 +109,7 @@ class QualityModel:
             "calibrator": self.calibrator.to_json_dict(),
             "shape": self.shape.to_json_dict(),
             "gate": {k: float(getattr(self.gate, k)) for k in ("ood_max", "area_frac_min", "area_frac_max",
-                                                               "contrast_min")},
+                                                               "contrast_min", "shape_max")},
             "ood": {"file": QC_NPZ, "dims": int(self.ood.mean.shape[0]), "shrinkage": self.ood.shrinkage,
                     "train_frames": int(self.ood.train_distances.shape[0]),
                     "train_distance_p50": self.ood.train_quantile(0.5),
@@ -162,7 +173,8 @@ def load_quality_model(folder: str | Path) -> QualityModel | None:
             shape=ShapeStats.from_json_dict(data["shape"]),
             ood=ood,
             gate=Gate(ood_max=float(gate["ood_max"]), area_frac_min=float(gate["area_frac_min"]),
-                      area_frac_max=float(gate["area_frac_max"]), contrast_min=float(gate["contrast_min"])),
+                      area_frac_max=float(gate["area_frac_max"]), contrast_min=float(gate["contrast_min"]),
+                      shape_max=float(gate.get("shape_max", DEFAULT_SHAPE_MAX))),
             flag_below=float(data["flag_below"]),
             provenance=dict(data.get("provenance", {})),
             ood_flag=math.inf if data.get("ood_flag") is None else float(data["ood_flag"]),

@@ -193,7 +193,8 @@ def build_stress_set(out_dir: str | Path, spec: StressSpec, *, samples_dir: str 
                 severity = float(rng.uniform(0.0, 1.0))
                 side = int(spec.size * rng.uniform(0.35, 0.6))
                 params = {"quarter_turns": int(rng.integers(1, 4)),
-                          "crop": (int(rng.integers(0, spec.size - side)), int(rng.integers(0, spec.size - side)), side)}
+                          "crop": (int(rng.integers(0, spec.size - side)),
+                                   int(rng.integers(0, spec.size - side)), side)}
                 for i, (f, m) in enumerate(zip(frames, masks)):
                     img, msk = corrupt(f, m, kind, severity, rng, params)
                     sp = spacing * side / spec.size if kind == "cropped" else spacing

@@ -33,9 +33,10 @@ class RunVerdict:
         """Short human-readable summary (fits a DICOM LO, 64 characters)."""
         if self.status == "unknown":
             return "AI outline, quality not available"
+        frames = f"{self.frames} frame{'' if self.frames == 1 else 's'}"
         if self.status == "fail" and self.no_root == self.frames:
-            return f"AI: no aortic root found in {self.frames} frames"
-        text = f"AI outline, {self.flagged} of {self.frames} frames uncertain"
+            return f"AI: no aortic root found in {frames}"
+        text = f"AI outline, {self.flagged} of {frames} uncertain"
         return (text if self.status == "pass" else f"{text} (run failed QC)")[:64]
 
     def to_json_dict(self) -> dict:

@@ -149,6 +149,26 @@ class RunCase:
         return out
 
 
+def sample_timing(rng: np.random.Generator, config: PhantomConfig, n_frames: int, *, hard: bool) -> Timing:
+    """Frame times and the contrast bolus of one run (shared by the v1 and the CT generator;
+    the draws and their order are part of the seeded output)."""
+    stride = int(rng.integers(config.frame_stride[0], config.frame_stride[1] + 1))
+    frame_dt = stride / config.cine_rate
+    rise = float(rng.uniform(0.2, 0.5))
+    lag = float(rng.uniform(0.05, 0.2))
+    t0 = lag + rise * float(rng.uniform(0.8, 2.0) if hard else rng.uniform(1.2, 2.5))
+    times = t0 + frame_dt * np.arange(n_frames)
+    washout = float(rng.uniform(0.6, 1.4))
+    injection_end = float(max(times[-1] - washout * (rng.uniform(0.0, 1.0) if hard else rng.uniform(0.0, 0.55)),
+                              t0 + rng.uniform(0.8, 2.0)))
+    return Timing(
+        frame_times=tuple(float(t) for t in times), frame_time_ms=1000.0 / config.cine_rate * stride,
+        rise=rise, injection_end=injection_end, washout=washout, lag_ascending=lag,
+        systolic_washout=float(rng.uniform(0.03, 0.2)), heart_rate_bpm=float(rng.uniform(55.0, 100.0)),
+        cardiac_phase0=float(rng.random()), resp_period=float(rng.uniform(3.0, 5.5)), resp_phase0=float(rng.random()),
+    )
+
+
 def sample_run(rng: np.random.Generator, config: PhantomConfig, patient: PatientProfile, *, n_frames: int,
                stage: str | None = None) -> RunCase:
     """Draw the settings of one run of ``patient``.
@@ -175,21 +195,7 @@ def sample_run(rng: np.random.Generator, config: PhantomConfig, patient: Patient
     k = size / 1000.0
 
     # --- timing and contrast bolus
-    stride = int(rng.integers(config.frame_stride[0], config.frame_stride[1] + 1))
-    frame_dt = stride / config.cine_rate
-    rise = float(rng.uniform(0.2, 0.5))
-    lag = float(rng.uniform(0.05, 0.2))
-    t0 = lag + rise * float(rng.uniform(0.8, 2.0) if hard else rng.uniform(1.2, 2.5))
-    times = t0 + frame_dt * np.arange(n_frames)
-    washout = float(rng.uniform(0.6, 1.4))
-    injection_end = float(max(times[-1] - washout * (rng.uniform(0.0, 1.0) if hard else rng.uniform(0.0, 0.55)),
-                              t0 + rng.uniform(0.8, 2.0)))
-    timing = Timing(
-        frame_times=tuple(float(t) for t in times), frame_time_ms=1000.0 / config.cine_rate * stride,
-        rise=rise, injection_end=injection_end, washout=washout, lag_ascending=lag,
-        systolic_washout=float(rng.uniform(0.03, 0.2)), heart_rate_bpm=float(rng.uniform(55.0, 100.0)),
-        cardiac_phase0=float(rng.random()), resp_period=float(rng.uniform(3.0, 5.5)), resp_phase0=float(rng.random()),
-    )
+    timing = sample_timing(rng, config, n_frames, hard=hard)
     contrast = {"easy": rng.uniform(38.0, 52.0), "medium": rng.uniform(30.0, 43.0),
                 "hard": rng.uniform(24.0, 35.0)}[difficulty]
     regurgitation = float(rng.choice([0.0, 0.1, 0.25, 0.45],

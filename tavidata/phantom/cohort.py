@@ -178,7 +178,8 @@ def generate_cohort(out_dir: str | Path, config: PhantomConfig, *, progress: boo
                 if dicom:
                     write_run_with_ground_truth(out / "dicom" / pid / f"{rid}.dcm", run, patient_id=pid,
                                                 study_uid=study_uid_for(config.seed, seed), series_number=r + 1)
-                runs_meta.append({"patient_id": pid, "run_id": rid, "frames": len(run.frames), **run.meta})
+                runs_meta.append({"patient_id": pid, "run_id": rid, "frames": len(run.frames),
+                                  "spacing_mm": [float(v) for v in run.spacing_mm], **run.meta})
                 mid = len(run.frames) // 2
                 measured.append(frame_stats(run.frames[mid], run.masks[mid], float(run.spacing_mm[0])))
                 if contact_sheet and run_counter % tile_every == 0 and len(tiles) < CONTACT_SHEET_TILES:

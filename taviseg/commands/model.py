@@ -73,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="allowed change of the mean Dice against ground truth (default 0.005)")
     q.add_argument("--folds", type=lambda s: [int(v) for v in s.split(",")], metavar="K,K,...",
                    help="folds to quantise (default: all)")
+    q.add_argument("--op-types", type=lambda s: tuple(v for v in s.split(",") if v), metavar="OP,...",
+                   help="ONNX operator types to quantise, e.g. Conv (default: all ONNX Runtime can)")
     q.add_argument("--onnx-cache-dir", type=Path, help="fp32 ONNX export cache (default: the user cache dir)")
 
 
@@ -144,7 +146,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
     settings = QuantizeSettings(
         calibration_frames=args.frames, check_frames=args.check_frames, calibrate_method=args.method,
-        min_median_dice=args.min_median_dice, max_dice_change=args.max_dice_change,
+        min_median_dice=args.min_median_dice, max_dice_change=args.max_dice_change, op_types=args.op_types,
     )
     report = quantize_model_folder(args.folder, args.calibration, settings=settings, folds=args.folds,
                                    onnx_cache_dir=args.onnx_cache_dir)

@@ -59,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
     frames = sum(r["frames"] for r in runs)
     stages = {s: sum(1 for r in runs if r["stage"] == s) for s in ("overview", "positioning", "deployment", "control")}
     print(out)
+    spacings = sorted(float(r["spacing_mm"][0]) for r in runs if r.get("spacing_mm"))
+    if spacings and spacings[-1] - spacings[0] > 1e-6:  # v2: the spacing follows each run's geometry
+        spacing = f"{spacings[0]:.4g}-{spacings[-1]:.4g} mm/px at the isocentre"
+    else:
+        spacing = f"{config.pixel_spacing_mm:.6g} mm/px"
     print(f"phantom {config.name}: {config.patients} patients, {len(runs)} runs, {frames} frames at "
-          f"{config.size}x{config.size} px ({config.pixel_spacing_mm:.6g} mm/px), seed {config.seed}; stages "
+          f"{config.size}x{config.size} px ({spacing}), seed {config.seed}; stages "
           + ", ".join(f"{k} {v}" for k, v in stages.items())
           + ("; DICOM XA runs in " + str(out / "dicom") if args.dicom else ""))
     stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))

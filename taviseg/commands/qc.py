@@ -18,17 +18,16 @@ Quality control of the outlines (docs/qc.md).
   fit MODEL_FOLDER --data DATASET --stress DIR...     fit OOD statistics, shape statistics and the
                                                       calibrator; writes qc.json + qc.npz into the folder
   info MODEL_FOLDER                                   the folder's QC data (or "not available")
-Real samples: --samples DIR, else $TAVISEG_DICOM_SAMPLES, else ../shared/dicom-samples beside the repository."""
+Real non-TAVI samples: --samples DIR, else $TAVISEG_DICOM_SAMPLES; without either, --no-samples is required."""
 
 #: Environment variable naming the folder of real DICOM samples (with MANIFEST.tsv).
 SAMPLES_ENV = "TAVISEG_DICOM_SAMPLES"
 
 
 def default_samples_dir() -> Path | None:
-    """``$TAVISEG_DICOM_SAMPLES`` or ``../shared/dicom-samples`` beside the repository, if it holds MANIFEST.tsv."""
+    """``$TAVISEG_DICOM_SAMPLES`` when set (the folder of real samples with MANIFEST.tsv), else None."""
     env = os.environ.get(SAMPLES_ENV)
-    path = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "dicom-samples"
-    return path if (path / "MANIFEST.tsv").is_file() else None
+    return Path(env) if env else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the chosen action; returns the exit code."""
+    from segmentation.qc.errors import QualityError
+
     if args.qc_command == "stress":
         from segmentation.qc.stress import StressSpec, build_stress_set
 
         samples = None if args.no_samples else (args.samples or default_samples_dir())
+        if samples is None and not args.no_samples:
+            raise QualityError(f"qc stress: no real samples folder: pass --samples DIR, set ${SAMPLES_ENV}, "
+                               "or build a phantom-only stress set with --no-samples")
+        if samples is not None and not (samples / "MANIFEST.tsv").is_file():
+            raise QualityError(f"qc stress: {samples} holds no MANIFEST.tsv (not a samples folder)")
         ds = build_stress_set(args.out, StressSpec(seed=args.seed, part=args.part, size=args.size, preset=args.preset,
                                                    runs_per_corruption=args.runs, frames_per_run=args.frames),
                               samples_dir=samples, overwrite=args.overwrite)

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 from tavidata.check import ProblemKind, check_dataset
+from tavidata.errors import DatasetError
 from tavidata.format import Dataset
 from tavidata.splits import make_splits, save_splits
-from tavidata.errors import DatasetError
-
 from tests.dataset.synthetic import write_dataset
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from taviseg.cli import main
 from tavidata.format import Dataset
-
+from taviseg.cli import main
 from tests.dataset.synthetic import box_mask, frame
 
 

@@ -11,14 +11,13 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from tavidata.errors import DatasetError
 from tavidata.format import PAPER_PIXEL_SPACING_MM, Dataset
+from tests.dataset.dicom_fixtures import make_sc, make_seg, make_xa, save
+from tests.dataset.synthetic import box_mask, frame
 from training.importers import DicomImportConfig, import_dicom
 from training.importers.dicom import to_uint8
 from training.importers.dicom_seg import read_segmentation
-from tavidata.errors import DatasetError
-
-from tests.dataset.synthetic import box_mask, frame
-from tests.dataset.dicom_fixtures import make_sc, make_seg, make_xa, save
 
 
 def _frames(n: int, seed: int = 0) -> np.ndarray:

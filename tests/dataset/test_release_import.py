@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 
 from tavicore.config import ConfigError
+from tavidata.errors import DatasetError
 from tavidata.format import PAPER_PIXEL_SPACING_MM, Dataset
+from tests.dataset.synthetic import box_mask, frame
 from training.importers import ReleaseImportConfig, import_release
 from training.importers.masks import mask_from_array
-from tavidata.errors import DatasetError
-
-from tests.dataset.synthetic import box_mask, frame
 
 
 def _write(path: Path, array: np.ndarray) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tavidata.errors import SplitError
 from tavidata.format import Dataset, FrameRecord
 from tavidata.splits import (
     SPLITS_FILENAME,
@@ -20,8 +21,6 @@ from tavidata.splits import (
     save_splits,
     split_dataset,
 )
-from tavidata.errors import SplitError
-
 from tests.dataset.synthetic import write_dataset
 
 

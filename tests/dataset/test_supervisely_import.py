@@ -11,12 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
+from tavidata.errors import DatasetError
 from tavidata.format import Dataset
+from tests.dataset.synthetic import box_mask, frame
 from training.importers import SuperviselyImportConfig, import_supervisely
 from training.importers.supervisely import decode_bitmap, rasterize_polygon
-from tavidata.errors import DatasetError
-
-from tests.dataset.synthetic import box_mask, frame
 
 
 def encode_bitmap(patch: np.ndarray) -> str:
@@ -53,7 +52,8 @@ def test_bitmap_polygon_and_empty_frames(tmp_path):
     poly_hole = [[5, 6], [7, 6], [7, 8], [5, 8]]
     src = _project(tmp_path, {
         "P001_0000.png": [_obj("Aortic Root", "bitmap", bitmap={"data": encode_bitmap(patch), "origin": [20, 7]}),
-                          _obj("catheter", "polygon", points={"exterior": [[0, 0], [31, 0], [31, 31]], "interior": []})],
+                          _obj("catheter", "polygon",
+                               points={"exterior": [[0, 0], [31, 0], [31, 31]], "interior": []})],
         "P001_0001.png": [_obj("aortic_root", "polygon", points={"exterior": poly_ext, "interior": [poly_hole]})],
         "P002_0000.png": [],
     })

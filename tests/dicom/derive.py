@@ -17,13 +17,13 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
+    JPEG2000,
+    UID,
     ExplicitVRBigEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEGBaseline8Bit,
     JPEGLossless,
     JPEGLosslessSV1,
-    UID,
     generate_uid,
 )
 

@@ -39,7 +39,9 @@ def assert_no_borrowed_geometry(seg):
     assert "FrameOfReferenceUID" not in seg
     assert "DimensionOrganizationType" not in seg
     shared = seg.SharedFunctionalGroupsSequence[0]
-    assert "PlaneOrientationSequence" not in shared and "PixelMeasuresSequence" not in shared
+    if "PlaneOrientationSequence" in shared:  # the image plane groups OHIF needs: identity, never the patient's
+        assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+        assert float(shared.PixelMeasuresSequence[0].SliceThickness) == 1.0
     for item in seg.PerFrameFunctionalGroupsSequence:
         assert "PlanePositionSequence" not in item
     pointers = [d.DimensionIndexPointer for d in seg.DimensionIndexSequence]
@@ -195,3 +197,18 @@ def test_real_samples(samples_dir, tmp_path, name, frames):
                                                  ignore_spatial_locations=True)
     assert np.array_equal(pixels[..., 0].astype(bool), masks)
     validate(seg, tmp_path, f"seg-{name}", allowed=SOURCE_INHERITED_WARNINGS)
+
+
+def test_a_calibrated_run_gets_the_image_plane_groups_by_default(tmp_path):
+    """What OHIF needs to draw the SEG (tests/viewers): identity orientation and the run's
+    calibrated spacing in the shared groups, still no Frame of Reference."""
+    frames = derive.cine(3, 32, 40)
+    source = derive.xa_dataset(frames, ImagerPixelSpacing=[0.3, 0.3], EstimatedRadiographicMagnificationFactor=1.5)
+    masks = np.zeros((3, 32, 40), bool)
+    masks[:, 8:20, 10:30] = True
+    seg = build(source, masks, [1, 2, 3])
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx([0.2, 0.2])
+    assert "FrameOfReferenceUID" not in seg
+    plain = build(source, masks, [1, 2, 3], image_plane_groups=False)
+    assert "PixelMeasuresSequence" not in plain.SharedFunctionalGroupsSequence[0]

@@ -36,7 +36,7 @@ def _write_key(key, path: Path) -> None:
 
 
 def _issue(subject: str, key, issuer_name: x509.Name, issuer_key, *, ca: bool, server: bool = False):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

@@ -12,8 +12,8 @@ import yaml
 
 from dicom_node.config import load_node_config
 from tavicore.config import CONF_DIR, ConfigError
-from tests.conftest import REPO
 from testkit.node import base_config, write_config
+from tests.conftest import REPO
 
 
 def test_shipped_config_loads_with_absolute_paths():
@@ -22,7 +22,7 @@ def test_shipped_config_loads_with_absolute_paths():
     assert cfg.bind_address == "127.0.0.1"
     assert cfg.limits.max_pdu_size == 0 and cfg.limits.fast_pdu_reader is True
     assert cfg.state_dir.is_absolute() and "~" not in str(cfg.state_dir)
-    assert cfg.processing.outputs == ("seg",)
+    assert cfg.processing.outputs == ("seg", "sr", "sc")  # what the viewer tests support (README)
 
 
 def test_deploy_config_loads():

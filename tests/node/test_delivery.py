@@ -15,9 +15,9 @@ from dicom_node.metrics import NodeMetrics
 from dicom_node.outbox import Outbox
 from dicom_node.pipeline import OutputObject
 from dicom_node.sender import DeliveryLoop, DicomDestination, FolderDestination, SendResult, retry_delay
+from testkit.node import make_xa, wait_until
 from tests.conftest import free_port
 from tests.node.certs import make_pki
-from testkit.node import make_xa, wait_until
 
 
 class StoreSCP:

@@ -159,8 +159,9 @@ def test_partial_headers_drips_and_idle_crowds_do_not_lock_out_allowed_peers(sta
     _echo_quickly(port)
 
 
-def test_a_declared_huge_pdu_is_refused_from_its_header(start_node):
-    node = start_node()
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_declared_huge_pdu_is_refused_from_its_header(start_node, fast):
+    node = start_node(limits={"fast_pdu_reader": fast})  # off: the same checks, pynetdicom's decoder
     port = node.scp.port
     for header in (struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF),                     # A-ASSOCIATE-RQ of 4 GiB
                    struct.pack(">BBL", 0x01, 0, 65536 + 1),                       # just over the cap
@@ -221,7 +222,8 @@ def test_every_association_rejection_is_counted_by_reason(start_node):
 
 def test_hosts_entries_are_validated_and_names_checked_by_serve_check(tmp_path):
     base = base_config(tmp_path / "state")
-    bad = write_config(tmp_path / "bad.yaml", {**base, "allowed_callers": [{"ae_title": "A", "hosts": ["not an ip at all"]}]})
+    bad = write_config(tmp_path / "bad.yaml",
+                       {**base, "allowed_callers": [{"ae_title": "A", "hosts": ["not an ip at all"]}]})
     with pytest.raises(ConfigError, match="not an ip at all"):
         load_node_config(bad)
     unresolvable = write_config(tmp_path / "name.yaml", {**base, "allowed_callers": [
@@ -291,17 +293,38 @@ def test_a_disk_that_fills_up_during_receive_gets_0xa700_and_no_dead_reactor(sta
     wait_until(lambda: node.journal.instance_counts()["done"] == 4, 30, "acknowledged runs processed")
 
 
-def test_outputs_that_cannot_be_written_wait_for_space_and_are_delivered(start_node, small_disk):
-    disk = small_disk("outbox", "1m")
-    filler = disk / "filler"
-    with filler.open("wb") as f:
-        try:
-            for _ in range(32):
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    node = start_node(outbox_folder=str(disk / "box"))
+def test_outputs_that_cannot_be_written_wait_for_space_and_are_delivered(start_node, tmp_path):
+    """A full 1 MB tmpfs as outbox (root); without root, an outbox folder the node may not write."""
+    box = tmp_path / "outbox" / "box"
+    if os.geteuid() == 0:
+        _mount_tmpfs(tmp_path / "outbox", "1m")
+        filler = tmp_path / "outbox" / "filler"
+        with filler.open("wb") as f:
+            try:
+                for _ in range(32):
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        box.mkdir()
+
+        def make_room() -> None:
+            filler.unlink()
+    else:
+        box.mkdir(parents=True)
+        box.chmod(0o500)
+
+        def make_room() -> None:
+            box.chmod(0o700)
+    try:
+        _outputs_wait_then_go(start_node, box, make_room)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(tmp_path / "outbox")], check=False, capture_output=True, timeout=30)
+
+
+def _outputs_wait_then_go(start_node, box: Path, make_room) -> None:
+    node = start_node(outbox_folder=str(box))
     runs = [make_xa(frames=1, size=256, seed=30 + i) for i in range(4)]
     assert send(node.scp.port, runs) == [0] * 4
     journal = node.journal
@@ -310,7 +333,7 @@ def test_outputs_that_cannot_be_written_wait_for_space_and_are_delivered(start_n
     assert "waiting for disk space" in _health(node)[1]
     shown = node_status(node.cfg)
     assert len(shown["waiting_for_disk"]) == 4 and "retrying: waiting for disk space" in format_status(shown)
-    filler.unlink()
+    make_room()
     wait_until(lambda: journal.instance_counts()["done"] == 4, 30, "runs done once space returned")
     wait_until(lambda: journal.outbox_counts().get("folder", {}).get("delivered") == 4, 30, "outputs delivered")
     wait_until(lambda: _health(node)[0] == 200, 10, "healthy again")
@@ -341,7 +364,8 @@ def test_requeue_runs_failed_runs_again_by_uid_or_all(start_node, tmp_path):
     assert [r["sop_instance_uid"] for r in result["requeued"]] == [first] and result["unknown"] == ["1.2.3.4"]
     wait_until(lambda: node.journal.instance_counts()["done"] == 1, 30, "the requeued run picked up by the node")
     proc = subprocess.run([sys.executable, "-m", "taviseg", "requeue", "--all", "--config",
-                           str(tmp_path / "node0.yaml")], cwd=REPO, check=False, capture_output=True, text=True, timeout=120)
+                           str(tmp_path / "node0.yaml")],
+                          cwd=REPO, check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "requeued: 2 run(s)" in proc.stdout, proc.stdout + proc.stderr
     wait_until(lambda: node.journal.instance_counts()["done"] == 3, 30, "every failed run done")
 
@@ -476,3 +500,39 @@ def test_health_is_degraded_while_the_spool_disk_is_under_its_floor(start_node):
     assert code == 503 and "below limits.min_free_bytes" in text
     assert send(node.scp.port, [make_xa(frames=1, size=64)]) == [0xA700]  # and receiving says so too
     assert _incoming(node) == []
+
+
+def test_the_guard_closes_stalled_connections_first_and_spares_progressing_ones():
+    from dicom_node.scp import ConnectionGuard
+
+    closed: list[tuple[str, str]] = []
+    guard = ConnectionGuard(per_host=2, total=10, deadline_s=60, on_evicted=lambda r, h: closed.append((r, h)))
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        hurried, stalled, newcomer, last = (p[0] for p in pairs)
+        pairs[0][1].sendall(associate_rq("ANGIO"))  # a whole request waits unread: progressing
+        pairs[1][1].sendall(associate_rq("ANGIO")[:3])  # 3 bytes of a header: stalled
+        assert guard.admit(hurried.fileno(), "h", hurried) and guard.admit(stalled.fileno(), "h", stalled)
+        assert guard.admit(newcomer.fileno(), "h", newcomer)  # closes the stalled one, not the older hurried one
+        assert closed == [("pending-evicted", "h")] and pairs[1][1].recv(10) == b""
+        guard.progress(newcomer.fileno())
+        assert not guard.admit(last.fileno(), "h", last)  # both pending ones progress: the newcomer is refused
+        assert closed[-1] == ("pending-full", "h") and guard.pending("h") == 2
+        guard.deadline_s = 0.0
+        assert guard.expire() == 2 and pairs[0][1].recv(10) == b"" and pairs[2][1].recv(10) == b""
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_p_data_longer_than_the_advertised_maximum_is_refused(start_node):
+    node = start_node(limits={"max_pdu_size": 16384})
+    assert send(node.scp.port, [make_xa(frames=16, size=512, seed=60)]) == [0]  # peers that respect it
+    with socket.create_connection(("127.0.0.1", node.scp.port), timeout=5) as s:
+        s.sendall(associate_rq("ANGIO"))
+        assert s.recv(1)[0] == 0x02  # A-ASSOCIATE-AC
+        s.sendall(struct.pack(">BBL", 0x04, 0, 1 << 30) + b"\0" * 4096)
+        assert _closed_by_node(s, 3.0)
+    assert _rejections(node, "pdu-too-large") == 1
+    _echo_quickly(node.scp.port)

@@ -15,8 +15,6 @@ from pathlib import Path
 import pydicom
 from pynetdicom import evt
 
-from tests.conftest import REPO, free_port, require_tool
-from tests.node.certs import make_pki
 from testkit.node import (
     NodeProcess,
     associate,
@@ -31,6 +29,8 @@ from testkit.node import (
     wait_until,
     write_config,
 )
+from tests.conftest import REPO, free_port, require_tool
+from tests.node.certs import make_pki
 from tests.peers import orthanc_server, run_dciodvfy, start_orthanc
 
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

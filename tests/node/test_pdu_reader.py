@@ -24,8 +24,8 @@ from pynetdicom.sop_class import Verification, XRayAngiographicImageStorage
 from dicom_node import pdu_reader
 from dicom_node.pdu_reader import ConnectionClosed, FastPduReader, decode_p_data, read_pdu
 from dicom_node.process_settings import RECEIVE_TO_DISK, TEMP_FOLDER
-from testkit.orthanc import free_port
 from testkit.node import echo, make_xa, send
+from testkit.orthanc import free_port
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 

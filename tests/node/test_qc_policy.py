@@ -28,7 +28,7 @@ from tests.segmentation.conftest import make_model_folder
 from tests.segmentation.test_qc_assess import make_qc
 
 CPU = InferenceConfig(backend="eager", device="cpu")
-FRAMES = 4
+FRAMES = 5
 FLAGGED = 2
 ALLOWED = (*SOURCE_INHERITED_WARNINGS, PRIVATE_SCHEME_WARNING)
 
@@ -79,9 +79,9 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("qcpolicy")
     folder = make_model_folder(tmp / "model", size=64)
     engine = InferenceEngine.from_folder(folder, device="cpu", backend="eager", host_threads=0)
-    qc = dataclasses.replace(make_qc(engine), flag_below=0.0)
-    save_quality_model(folder, qc)
     ds = make_xa(tmp / "run.dcm", frames=FRAMES, size=64, seed=3)
+    qc = make_qc(engine, flag_below=0.0, frames=ds.pixel_array)
+    save_quality_model(folder, qc)
     probe = ModelPipeline(ProcessingConfig(model_folder=folder, inference=CPU, outputs=("seg", "sr"), qc="mark"))
     _seg, sr = [o.dataset for o in probe.process(_stored(tmp / "run.dcm", ds))]
     quality = sorted(v["certainty"] / 100 for v in sr_frames(sr).values())

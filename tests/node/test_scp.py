@@ -18,8 +18,6 @@ from dicom_node.config import load_node_config
 from dicom_node.node import Node
 from dicom_node.scp import EarlyWriteback
 from dicom_node.sop import SharedUidContext, StoreStatus
-from tests.conftest import require_tool
-from tests.node.certs import make_pki
 from testkit.fakes import ThresholdProcessor
 from testkit.node import (
     XA,
@@ -34,6 +32,8 @@ from testkit.node import (
     wait_until,
     write_config,
 )
+from tests.conftest import require_tool
+from tests.node.certs import make_pki
 
 RDSR = "1.2.840.10008.5.1.4.1.1.88.67"
 EXPLICIT = "1.2.840.10008.1.2.1"

@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from taviseg.cli import main
 from tavidata.format import Dataset
 from tavidata.phantom.contact_sheet import OUTLINE_BGR, make_contact_sheet
 from tavidata.phantom.stats import frame_stats, summarize
+from taviseg.cli import main
 
 
 def test_cli_tiny_preset(tmp_path, capsys) -> None:

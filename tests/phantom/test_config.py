@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tavicore.config import ConfigError, from_dict
-from tavidata.phantom.config import PhantomConfig, load_phantom_preset, preset_names
 from tavidata.phantom.cohort import frame_plan
+from tavidata.phantom.config import PhantomConfig, load_phantom_preset, preset_names
 
 
 def test_presets_load_with_the_documented_sizes() -> None:

@@ -108,7 +108,9 @@ def test_displacement_moves_the_projection_the_right_way() -> None:
     disp = torch.zeros((3, 6, 6, 6), dtype=torch.float32)
     disp[0] = 10.0  # read the volume 10 mm to the patient's right: the content moves 10 mm left
     moved = project(vol, grid, g, displacement=disp)[0][16]
-    centre = lambda p: float((p * np.arange(p.size)).sum() / p.sum())
+    def centre(profile: np.ndarray) -> float:
+        return float((profile * np.arange(profile.size)).sum() / profile.sum())
+
     shift = centre(moved) - centre(base)
     assert shift == pytest.approx(10.0 * SID / SOD / PITCH, rel=0.03)
     assert moved.sum() == pytest.approx(base.sum(), rel=0.01)

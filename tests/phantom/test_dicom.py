@@ -7,12 +7,15 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless
 
-from tests.peers import run_dciodvfy
 from tavidata.format import Dataset
 from tavidata.phantom import PhantomConfig, generate_cohort, generate_run
 from tavidata.phantom.dicom_export import (
-    ground_truth_path, read_ground_truth, write_run_with_ground_truth, write_xa_run,
+    ground_truth_path,
+    read_ground_truth,
+    write_run_with_ground_truth,
+    write_xa_run,
 )
+from tests.peers import run_dciodvfy
 
 
 @pytest.fixture(scope="module")

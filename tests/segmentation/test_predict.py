@@ -13,9 +13,9 @@ from segmentation import metrics
 from segmentation.errors import InferenceError
 from segmentation.inference.config import InferenceConfig
 from segmentation.predict import predict_paths
+from tavidata.format import DatasetWriter
 from taviseg.cli import main as cli_main
 from tests.segmentation.conftest import smooth_frames
-from tavidata.format import DatasetWriter
 
 EAGER = InferenceConfig(backend="eager", device="cpu", batch_size=3)
 

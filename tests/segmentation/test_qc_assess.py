@@ -28,21 +28,28 @@ from segmentation.qc.store import (
 from tests.segmentation.conftest import make_model_folder, smooth_frames
 
 
-def make_qc(engine: InferenceEngine, *, gate: Gate | None = None, flag_below: float = 0.5) -> QualityModel:
-    """QC data for a test model: OOD statistics of smooth frames, shapes of discs, a calibrator
-    fitted on synthetic features (quality rises with flip Dice and contrast, falls with OOD)."""
-    frames = smooth_frames(12, 64, 64, seed=5)
-    measured = QualityAssessor(engine=engine, qc=None).measure(frames, sequence=False)
+def make_qc(engine: InferenceEngine, *, gate: Gate | None = None, flag_below: float = 0.5,
+            frames: np.ndarray | None = None) -> QualityModel:
+    """QC data for a test model, fitted on ``frames`` (default: smooth frames): OOD statistics of
+    their encoder features, shapes of discs, and a calibrator standardised on the frames' own
+    features with unit weights in the declared directions (qualities spread around 0.5)."""
+    frames = smooth_frames(12, 64, 64, seed=5) if frames is None else frames
+    measured = QualityAssessor(engine=engine, qc=None).measure(frames, sequence=True)
     ood = FeatureGaussian.fit(measured.encoder)
     yy, xx = np.mgrid[:64, :64]
     discs = [((yy - 24) ** 2 + (xx - 32) ** 2) < r * r for r in range(8, 16)]
     shape = ShapeStats.fit([shape_features(d, (0.5, 0.5)) for d in discs], fov_mm=32.0)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(300, len(FEATURES)))
-    signs = np.array([DIRECTIONS[f] for f in FEATURES])
-    y = (x @ signs > 0).astype(float)
+    for f, d in zip(measured.features, ood.distance(measured.encoder)):
+        f["ood_log_distance"] = float(np.log1p(d))
+        f["shape_implausibility"] = shape.implausibility(f)
+    x = np.array([[f[k] for k in FEATURES] for f in measured.features], np.float64)
+    mean = np.nan_to_num(np.nanmean(x, axis=0))
+    std = np.nan_to_num(np.nanstd(x, axis=0))
+    std = np.where(std > 1e-6, std, 1.0)
+    coef = np.array([float(DIRECTIONS[f]) for f in FEATURES])
+    calibrator = Calibrator(features=FEATURES, mean=mean, std=std, coef=coef, intercept=0.0)
     gate = gate or Gate(ood_max=1e9, area_frac_min=0.0, area_frac_max=1.0, contrast_min=-1e9)
-    return QualityModel(calibrator=Calibrator.fit(x, y), shape=shape, ood=ood, gate=gate,
+    return QualityModel(calibrator=calibrator, shape=shape, ood=ood, gate=gate,
                         flag_below=flag_below, provenance={"purpose": "tests"})
 
 
@@ -129,7 +136,8 @@ def test_invalid_qc_data_is_an_error_naming_the_file(tmp_path, engine):
 
 def test_gate_gives_empty_masks_with_a_reason_and_flags_them(engine):
     frames = smooth_frames(3, 64, 64, seed=3)
-    qc = make_qc(engine, gate=Gate(ood_max=0.0, area_frac_min=0.0, area_frac_max=1.0, contrast_min=-1e9))
+    qc = make_qc(engine, gate=Gate(ood_max=0.0, area_frac_min=0.0, area_frac_max=1.0, contrast_min=-1e9,
+                                   shape_max=-1.0))
     pred = QualityAssessor(engine=engine, qc=qc).predict(frames)
     assert all(not m.any() for m in pred.masks)
     assert any(m.any() for m in pred.raw_masks)
@@ -139,6 +147,20 @@ def test_gate_gives_empty_masks_with_a_reason_and_flags_them(engine):
     area = make_qc(engine, gate=Gate(ood_max=1e9, area_frac_min=0.0, area_frac_max=1e-4, contrast_min=-1e9))
     pred = QualityAssessor(engine=engine, qc=area).predict(frames)
     assert [r is not None and "implausible area" in r for r, m in zip(pred.reasons, pred.raw_masks) if m.any()]
+
+
+def test_distance_alone_flags_a_frame_but_keeps_a_plausible_outline(engine):
+    """Real frames sit farther from synthetic training frames than held-out ones do: an
+    out-of-distribution input keeps its outline (flagged) unless the outline is also unlike a root."""
+    frames = smooth_frames(3, 64, 64, seed=3)
+    qc = make_qc(engine, gate=Gate(ood_max=0.0, area_frac_min=0.0, area_frac_max=1.0, contrast_min=-1e9,
+                                   shape_max=1e9))
+    qc = dataclasses.replace(qc, ood_flag=0.0)
+    pred = QualityAssessor(engine=engine, qc=qc).predict(frames)
+    assert any(m.any() for m in pred.raw_masks)
+    assert all(np.array_equal(m, r) for m, r in zip(pred.masks, pred.raw_masks))
+    assert all(r is None for r in pred.reasons)
+    assert pred.flagged.all()
 
 
 def test_qc_data_of_other_weights_are_not_used(tmp_path, engine, caplog):

@@ -66,3 +66,10 @@ def test_corruptions_change_frames_as_described():
         corrupt(img, mask, "sepia", 0.5, rng, params)
     with pytest.raises(QualityError, match="part"):
         StressSpec(part="train")
+
+
+def test_without_a_samples_folder_the_command_says_what_to_pass(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TAVISEG_DICOM_SAMPLES", raising=False)
+    assert build(tmp_path / "s", 0, "fit") != 0
+    assert "--samples DIR" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "manifest.csv").exists()

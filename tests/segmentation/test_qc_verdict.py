@@ -19,3 +19,8 @@ def test_verdict_counts_and_text():
     assert none.status == "fail" and none.text == "AI: no aortic root found in 3 frames"
     assert run_verdict(None, np.zeros(3, bool), [None] * 3).status == "unknown"
     assert run_verdict(q, flagged, [None] * 8).to_json_dict()["median_quality"] == float(np.median(q))
+
+
+def test_verdict_text_of_a_single_frame():
+    assert run_verdict(np.array([0.1]), np.array([True]), ["no contrast"]).text == "AI: no aortic root found in 1 frame"
+    assert run_verdict(np.array([0.9]), np.array([False]), [None]).text == "AI outline, 0 of 1 frame uncertain"

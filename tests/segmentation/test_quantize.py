@@ -154,7 +154,10 @@ def test_a_failed_accuracy_check_writes_nothing(tmp_path, phantom, onnx_cache, m
 
     monkeypatch.setattr(quantize_mod, "model_batches", blank_batches)
     with pytest.raises(AccuracyCheckError, match="int8 variant not written, the accuracy check failed") as info:
-        quantize_model_folder(folder, phantom, settings=SETTINGS, onnx_cache_dir=onnx_cache)
+        quantize_model_folder(folder, phantom, settings=SETTINGS, onnx_cache_dir=onnx_cache,
+                              rejected_dir=tmp_path / "rejected")
+    assert info.value.report.files == {0: tmp_path / "rejected" / "fold_0.onnx-int8.rejected.onnx"}
+    assert info.value.report.files[0].stat().st_size > 0  # kept for inspection, outside the folder
     check = info.value.report.checks[0]
     assert not check.passed and check.median_dice_vs_fp32 < 0.99 and check.worst_frame
     assert "median Dice vs fp32" in check.reasons[0]
@@ -198,7 +201,8 @@ def test_old_folders_without_variants_load_and_run_fp32(tmp_path, onnx_cache):
     engine = InferenceEngine.from_folder(folder, device="cpu", backend="auto", onnx_cache_dir=onnx_cache)
     assert engine.backend_name == "onnx"
     (folder / VARIANTS_FILENAME).write_text('{"format": "something-else"}')
-    with pytest.raises(ModelError, match=r"variants.json: format is 'something-else', expected 'taviseg-model-variants'"):
+    with pytest.raises(ModelError,
+                       match=r"variants.json: format is 'something-else', expected 'taviseg-model-variants'"):
         load_model_folder(folder)
 
 

@@ -22,9 +22,9 @@ import torch
 from segmentation import metrics
 from segmentation.models.folder import ModelSpec, save_model_folder
 from segmentation.models.zoo import build_model
-from taviseg.cli import main
 from tavidata.format import Dataset, DatasetWriter
 from tavidata.splits import SPLITS_FILENAME, load_splits, make_splits, save_splits
+from taviseg.cli import main
 from training.errors import EvaluationError
 from training.evaluate import check_selection, evaluate, load_evaluate_config, splits_sha256
 
@@ -62,7 +62,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_data(tmp_path_factory.mktemp("eval-data"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def constant_state(bias: float) -> dict[str, torch.Tensor]:
     """Weights of a LinkNet whose output is the constant logit ``bias`` (cached per bias)."""
     model = build_model("linknet", "resnet18")
@@ -88,8 +88,8 @@ def model_folder(path: Path, data_root: Path, biases: dict[int, float], **prov) 
 
 
 def cfg(**overrides):
-    return load_evaluate_config(overrides={"inference.device": "cpu", "inference.backend": "eager", "bootstrap_resamples": 500,
-                                           **overrides})
+    return load_evaluate_config(overrides={"inference.device": "cpu", "inference.backend": "eager",
+                                           "bootstrap_resamples": 500, **overrides})
 
 
 def read(path: Path) -> list[dict[str, str]]:

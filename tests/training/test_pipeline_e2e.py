@@ -20,9 +20,9 @@ import pytest
 import torch
 import yaml
 
-from taviseg.cli import main
 from tavidata.format import Dataset
 from tavidata.splits import load_splits
+from taviseg.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODELS = {"linknet": "linknet", "fpn": "fpn"}

@@ -104,7 +104,7 @@ def test_mean_band_and_figures(tmp_path: Path) -> None:
 
 
 def test_report_from_evaluation_and_tuning(tmp_path: Path, capsys) -> None:
-    from tests.training.test_evaluate import cfg, make_data, model_folder  # noqa: PLC0415
+    from tests.training.test_evaluate import cfg, make_data, model_folder
     from training.evaluate import evaluate
 
     data_root = make_data(tmp_path / "data")

@@ -19,10 +19,10 @@ import pytest
 import torch
 
 from tavicore.config import CONF_DIR
-from training.config import load_train_config
+from tavidata.errors import DatasetError, SplitError
 from tavidata.format import Dataset, DatasetWriter
 from tavidata.splits import SPLITS_FILENAME, load_splits, make_splits, save_splits
-from tavidata.errors import DatasetError, SplitError
+from training.config import load_train_config
 from training.errors import TrainingError
 
 TINY = CONF_DIR / "train" / "cpu_tiny.yaml"
@@ -132,6 +132,7 @@ def test_best_epoch_is_chosen_on_validation_patients(tiny_run, tiny_dataset):
 
 def test_model_folder_loads_for_inference(tiny_run, tiny_dataset):
     from safetensors.torch import load_file
+
     from segmentation.inference.engine import InferenceEngine
     from segmentation.models.folder import load_model_folder
 
@@ -171,6 +172,7 @@ def test_callback_interruption_then_resume_equals_uninterrupted_run(tiny_run, ti
     """An exception from the epoch callback (e.g. optuna.TrialPruned) propagates after the
     epoch's state is saved; the same call then resumes and ends bitwise like an uninterrupted run."""
     from safetensors.torch import load_file
+
     from training.train import train_fold
 
     cfg, ref_out, _model = tiny_run

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tavicore.config import CONF_DIR
 from training.batch_size import resolve_batch_size, search_batch_size
 from training.config import CPU_AUTO_BATCH_SIZE, load_train_config
 from training.errors import TrainingError
-from tavicore.config import CONF_DIR
 
 GIB = 2**30
 

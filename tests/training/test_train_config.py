@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tavicore.config import CONF_DIR, ConfigError
-from training.config import TrainConfig, load_train_config, resolve_train_config
+from training.config import load_train_config, resolve_train_config
 
 TRAIN_CONF = CONF_DIR / "train"
 PAPER_FILES = sorted(p for p in TRAIN_CONF.glob("*.yaml") if not p.name.startswith("cpu_"))

@@ -22,9 +22,9 @@ import torch
 
 from segmentation.errors import ModelError
 from tavicore.config import ConfigError
-from training.config import load_train_config
 from tavidata.format import Dataset, DatasetWriter
 from tavidata.splits import SPLITS_FILENAME, make_splits, save_splits
+from training.config import load_train_config
 from training.errors import TrainingError
 from training.search_space import PAPER_SEARCH_SPACE, SearchSpace, apply_params, suggest
 from training.train import EpochResult, FoldResult
@@ -187,7 +187,8 @@ def test_crashed_trials_fail_with_reason_and_study_goes_on(tmp_path: Path, data_
 
 def test_other_errors_stop_the_study(tmp_path: Path, data_root: Path, storage: str) -> None:
     with pytest.raises(ValueError, match="a bug"):
-        run_tune(tune_config(storage), data_root, tmp_path / "out", train_fold=FakeTrainer(fail_all=ValueError("a bug")))
+        run_tune(tune_config(storage), data_root, tmp_path / "out",
+                 train_fold=FakeTrainer(fail_all=ValueError("a bug")))
     assert [t.state.name for t in load_study(storage).trials] == ["FAIL"]
 
 

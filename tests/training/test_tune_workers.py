@@ -20,10 +20,10 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import REPO
-from tests.peers import postgres_server
 from tavidata.format import Dataset, DatasetWriter
 from tavidata.splits import SPLITS_FILENAME, make_splits, save_splits
+from tests.conftest import REPO
+from tests.peers import postgres_server
 
 WORKER_TIMEOUT_S = 240
 

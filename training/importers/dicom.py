@@ -42,11 +42,11 @@ from pydicom.pixels import iter_pixels
 from tqdm import tqdm
 
 from tavicore.config import setting
+from tavidata.errors import DatasetError
 from tavidata.format import PAPER_PIXEL_SPACING_MM
 from training.importers.dicom_seg import SegmentationMasks, is_segmentation, read_segmentation
 from training.importers.output import ImportResult, staged_writer
 from training.importers.supervisely import DEFAULT_CLASS_NAMES
-from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

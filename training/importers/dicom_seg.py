@@ -25,8 +25,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import SegmentationStorage
 
-from training.importers.naming import label_matches
 from tavidata.errors import DatasetError
+from training.importers.naming import label_matches
 
 logger = logging.getLogger(__name__)
 

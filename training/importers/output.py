@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tavidata.format import FORMAT_NAME, DatasetWriter
 from tavidata.errors import DatasetError
+from tavidata.format import FORMAT_NAME, DatasetWriter
 
 logger = logging.getLogger(__name__)
 

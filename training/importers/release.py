@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tavicore.config import setting
+from tavidata.errors import DatasetError
 from tavidata.format import PAPER_PIXEL_SPACING_MM
 from training.importers.masks import read_image_file, read_mask_file
 from training.importers.naming import (
@@ -32,7 +33,6 @@ from training.importers.naming import (
     parse_name,
 )
 from training.importers.output import ImportResult, staged_writer
-from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

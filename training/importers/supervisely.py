@@ -42,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tavicore.config import ConfigError, setting
+from tavidata.errors import DatasetError
 from tavidata.format import PAPER_PIXEL_SPACING_MM
 from training.importers.masks import read_image_file
 from training.importers.naming import (
@@ -55,7 +56,6 @@ from training.importers.naming import (
     parse_name,
 )
 from training.importers.output import ImportResult, staged_writer
-from tavidata.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

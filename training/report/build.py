@@ -215,8 +215,8 @@ def _load_spec(folder: str) -> Any:
 
 def _overlay_panels(models: Mapping[str, Any], ev: Path, data_root: Path) -> dict[str, list[dict[str, Any]]]:
     """Frames, truth and predicted masks of each model's saved best/worst examples."""
-    from tavidata.format import Dataset, read_gray
     from tavidata.errors import DatasetError
+    from tavidata.format import Dataset, read_gray
 
     try:
         dataset = Dataset.load(data_root)
@@ -261,7 +261,8 @@ def _markdown(summary: Mapping[str, Any], result_tables: list, fig_paths: Mappin
     for t in result_tables:
         lines += [t.to_markdown(), f"CSV: [{t.key}.csv]({t.key}.csv)", ""]
     captions = {
-        "training_curves": "Loss and Dice per epoch, mean across folds with a 95% band (2.5-97.5th percentile of folds)",
+        "training_curves": "Loss and Dice per epoch, mean across folds with a 95% band "
+                           "(2.5-97.5th percentile of folds)",
         "dice_boxplots": "Dice per model (per patient and per frame)",
         "dice_assd_scatter": "Per-patient Dice against ASSD",
         "overlays": "Best and worst frames with ground truth (green) and prediction (red)",

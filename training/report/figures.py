@@ -19,10 +19,10 @@ from typing import Any
 
 import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
-import numpy as np  # noqa: E402
+matplotlib.use("Agg")  # the backend must be chosen before pyplot is imported
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ def plot_training_curves(histories: Mapping[str, Sequence[Sequence[Mapping[str, 
     return _save(fig, Path(path))
 
 
-def plot_dice_boxplots(per_patient: Mapping[str, Sequence[float]], per_frame: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+def plot_dice_boxplots(per_patient: Mapping[str, Sequence[float]], per_frame: Mapping[str, Sequence[float]],
+                       path: str | Path) -> Path:
     """Box plots of per-patient and per-frame Dice, one box per model."""
     fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.6 * len(per_patient) + 3), 4.2))
     for ax, data, title in ((axes[0], per_patient, "per patient"), (axes[1], per_frame, "per frame")):

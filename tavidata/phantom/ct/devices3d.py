@@ -138,7 +138,8 @@ def _valve(rng, p: _Painter, layer, root: RootRegion, opts: DeviceOptions, expan
 
         def radius(z):
             waist = 0.85 * r_in
-            return np.where(z < 0.4, r_in + (waist - r_in) * z / 0.4, waist + (r_out - waist) * (np.maximum(z - 0.4, 0.0) / 0.6) ** 1.5)
+            flare = waist + (r_out - waist) * (np.maximum(z - 0.4, 0.0) / 0.6) ** 1.5
+            return np.where(z < 0.4, r_in + (waist - r_in) * z / 0.4, flare)
     else:
         height = rng.uniform(48.0, 54.0)
         zs = np.array([0.0, 0.12, 0.25, 0.38, 0.55, 0.75, 1.0])
@@ -210,7 +211,8 @@ def _guide_wire(rng, p: _Painter, layer, root: RootRegion, density: float) -> No
     radius = rng.uniform(12.0, 20.0)
     t = np.linspace(0, 2 * np.pi * rng.uniform(0.8, 1.3), 60)
     w = np.cross(lv_dir, u)
-    loop = apex - lv_dir * radius + radius * (np.cos(t)[:, None] * lv_dir + np.sin(t)[:, None] * w) * np.linspace(1, 0.8, len(t))[:, None]
+    shrink = np.linspace(1, 0.8, len(t))[:, None]
+    loop = apex - lv_dir * radius + radius * (np.cos(t)[:, None] * lv_dir + np.sin(t)[:, None] * w) * shrink
     p.tube(layer, np.concatenate([shaft, down, loop]), 0.45, density * rng.uniform(0.6, 1.0))
 
 
@@ -266,7 +268,8 @@ def _ecg(rng, p: _Painter, layer, ct: CTVolume, root: RootRegion, count: int, de
         heading = rng.uniform(0, 2 * np.pi)
         n = 120
         ang = heading + np.cumsum(rng.normal(0, 0.05, n))
-        lead = pad + np.concatenate([[[0, 0, 0]], np.cumsum(np.stack([np.cos(ang), np.zeros(n), np.sin(ang)], 1) * 2.5, axis=0)])
+        steps = np.stack([np.cos(ang), np.zeros(n), np.sin(ang)], 1) * 2.5
+        lead = pad + np.concatenate([[[0, 0, 0]], np.cumsum(steps, axis=0)])
         p.tube(layer, lead, 0.7, density * rng.uniform(0.15, 0.3), wall=0.3)
 
 
@@ -285,7 +288,8 @@ def _sternal_wires(rng, p: _Painter, layer, ct: CTVolume, count: int, density: f
             continue
         c = ct.index_to_world(np.array([xx[sel].mean(), yy[sel].mean(), lv]))
         a = np.linspace(0, 2 * np.pi, 50)
-        loop = c + np.stack([np.cos(a) * rng.uniform(10, 15), np.sin(a) * rng.uniform(5, 8), rng.normal(0, 1.0) + 0 * a], 1)
+        loop = c + np.stack([np.cos(a) * rng.uniform(10, 15), np.sin(a) * rng.uniform(5, 8),
+                             rng.normal(0, 1.0) + 0 * a], 1)
         p.tube(layer, loop, 0.5, density * rng.uniform(0.7, 1.1))
         knot = c + np.array([rng.uniform(-12, 12), 8.0, 0])
         p.tube(layer, np.stack([knot, knot + [rng.uniform(-4, 4), 2, rng.uniform(-6, 6)]]), 0.9, density)

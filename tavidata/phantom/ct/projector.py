@@ -112,7 +112,8 @@ def _depth_range(src: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray)
 
 
 def project(volume: torch.Tensor, grid: VoxelGrid, geometry: CArmGeometry, *, rows: int | None = None,
-            cols: int | None = None, step_mm: float | None = None, displacement: torch.Tensor | None = None) -> np.ndarray:
+            cols: int | None = None, step_mm: float | None = None,
+            displacement: torch.Tensor | None = None) -> np.ndarray:
     """Line integrals of every channel of ``volume`` through ``geometry``.
 
     The rays are sampled on planes perpendicular to the central ray, ``step_mm`` apart, from

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tavidata.phantom.case import Timing, _pick
+from tavidata.phantom.case import Timing, _pick, sample_timing
 from tavidata.phantom.config import STAGES, PhantomConfig
 from tavidata.phantom.ct.physics import ChainSettings
 from tavidata.phantom.devices import DeviceOptions
@@ -90,7 +90,8 @@ def _grey_targets(rng: np.random.Generator, wide: bool) -> tuple:
     """Grey levels of the 1st, 5th, 50th, 95th and 99th percentiles of a frame (real TAVI frames:
     about 52, 75, 131, 193, 226)."""
     if wide:
-        t = (rng.uniform(0, 80), rng.uniform(20, 110), rng.uniform(95, 165), rng.uniform(160, 235), rng.uniform(190, 255))
+        t = (rng.uniform(0, 80), rng.uniform(20, 110), rng.uniform(95, 165), rng.uniform(160, 235),
+             rng.uniform(190, 255))
     else:
         shift = rng.normal(0.0, 4.0)
         t = (rng.uniform(42, 62), rng.uniform(66, 84), rng.uniform(118, 134) + shift, rng.uniform(184, 202) + shift,
@@ -131,24 +132,11 @@ def sample_ct_run(rng: np.random.Generator, config: PhantomConfig, *, valve: str
     detector_fov = fov_iso * sid / sod
 
     # --- timing and contrast (v1's bolus model)
-    stride = int(rng.integers(config.frame_stride[0], config.frame_stride[1] + 1))
-    frame_dt = stride / config.cine_rate
-    rise = float(rng.uniform(0.2, 0.5))
-    lag = float(rng.uniform(0.05, 0.2))
-    t0 = lag + rise * float(rng.uniform(0.8, 2.0) if hard else rng.uniform(1.2, 2.5))
-    times = t0 + frame_dt * np.arange(n_frames)
-    washout = float(rng.uniform(0.6, 1.4))
-    injection_end = float(max(times[-1] - washout * (rng.uniform(0.0, 1.0) if hard else rng.uniform(0.0, 0.55)),
-                              t0 + rng.uniform(0.8, 2.0)))
-    timing = Timing(
-        frame_times=tuple(float(t) for t in times), frame_time_ms=1000.0 / config.cine_rate * stride,
-        rise=rise, injection_end=injection_end, washout=washout, lag_ascending=lag,
-        systolic_washout=float(rng.uniform(0.03, 0.2)), heart_rate_bpm=float(rng.uniform(55.0, 100.0)),
-        cardiac_phase0=float(rng.random()), resp_period=float(rng.uniform(3.0, 5.5)), resp_phase0=float(rng.random()),
-    )
+    timing = sample_timing(rng, config, n_frames, hard=hard)
     iodine = {"easy": (16.0, 26.0), "medium": (12.0, 20.0), "hard": (8.0, 14.0)}[difficulty]
     iodine_mg = _u(rng, wide, iodine, (2.0, 22.0))
-    regurgitation = float(rng.choice([0.0, 0.1, 0.25, 0.45], p=[0.25, 0.3, 0.3, 0.15] if hard else [0.45, 0.3, 0.18, 0.07]))
+    reflux_p = [0.25, 0.3, 0.3, 0.15] if hard else [0.45, 0.3, 0.18, 0.07]
+    regurgitation = float(rng.choice([0.0, 0.1, 0.25, 0.45], p=reflux_p))
 
     # --- physics and the image chain
     kvp = float(rng.uniform(70.0, 100.0))

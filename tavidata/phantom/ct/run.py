@@ -381,8 +381,8 @@ def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *,
         ValueError: bad ``run_index``/``n_frames``/``stage``.
     """
     from tavidata.phantom.case import sample_patient
-    from tavidata.phantom.cohort import PhantomRun
     from tavidata.phantom.ct.randomise import sample_ct_run
+    from tavidata.phantom.run import PhantomRun
 
     if run_index < 0:
         raise ValueError(f"run_index must be >= 0, got {run_index}")
