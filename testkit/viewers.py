@@ -439,8 +439,8 @@ def build_viewer_study(n_frames: int = 8, rows: int = 256, columns: int = 320) -
     )
     numbers = list(range(1, n_frames + 1))
     algorithm = {"algorithm_name": "taviseg-viewer-check", "algorithm_version": "1"}
-    seg = build_segmentation(source, masks, frame_numbers=numbers, series_number=901,
-                             series_description="Aortic root (AI)", **algorithm)
+    seg = build_segmentation(source, masks, frame_numbers=numbers, series_number=901,  # the SEG before the fix
+                             series_description="Aortic root (AI)", image_plane_groups=False, **algorithm)
     seg_planes = build_segmentation(source, masks, frame_numbers=numbers, series_number=905,
                                     series_description="Aortic root (AI, image plane groups)",
                                     image_plane_groups=True, **algorithm)

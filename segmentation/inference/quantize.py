@@ -29,6 +29,7 @@ on) and the check uses its test patients; otherwise the patients are split in tw
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import tempfile
@@ -424,15 +425,19 @@ def quantize_model_folder(
 
     t0 = time.perf_counter()
     settings = settings or QuantizeSettings()
-    mf = folder if isinstance(folder, ModelFolder) else load_model_folder(folder)
+    # absolute paths: the work below runs inside a temporary folder (see the chdir there)
+    mf = folder if isinstance(folder, ModelFolder) else load_model_folder(Path(folder).resolve())
+    if not Path(mf.path).is_absolute():
+        mf = load_model_folder(Path(mf.path).resolve())
     chosen = tuple(mf.folds if folds is None else (int(f) for f in folds))
     for fold in chosen:
         mf.weights_path(fold)  # raises naming the folds present
     try:
-        dataset = Dataset.load(calibration)
+        dataset = Dataset.load(Path(calibration).resolve())
     except DatasetError as exc:
         raise QuantizationError(f"calibration data: {exc}") from exc
-    cache = Path(onnx_cache_dir) if onnx_cache_dir is not None else default_onnx_cache_dir()
+    cache = (Path(onnx_cache_dir) if onnx_cache_dir is not None else default_onnx_cache_dir()).resolve()
+    rejected_dir = None if rejected_dir is None else Path(rejected_dir).resolve()
     calibration_info: dict[str, Any] = {
         "dataset": {"name": dataset.meta.get("name", ""), "path": str(Path(dataset.root).resolve()),
                     "frames": len(dataset.records), "patients": len(dataset.patients)},
@@ -441,7 +446,10 @@ def quantize_model_folder(
     }
     report = QuantizeReport(folder=mf.path, variant=INT8_VARIANT, checks=[], calibration=calibration_info)
     outputs: dict[int, bytes] = {}
-    with tempfile.TemporaryDirectory(prefix="taviseg-quantize-") as tmp:
+    # ONNX tooling called by the quantiser writes the external tensor data of large models
+    # (MA-Net/EfficientNet-B4: 99 MB, uuid1-named *.data files) into the current folder; working
+    # inside the temporary folder keeps them out of the user's folder and removes them at the end.
+    with tempfile.TemporaryDirectory(prefix="taviseg-quantize-") as tmp, contextlib.chdir(tmp):
         for fold in chosen:
             cal, held_out, how = select_frames(dataset, fold, settings)
             cal_images, _ = _read(cal)

@@ -333,7 +333,7 @@ def test_multiframe_true_color_sc_is_queued_and_segmented(tmp_path, tiny_model):
     from dicom_node.pipeline import load_processor
 
     data = base_config(tmp_path / "state", other_objects="refuse",
-                       processing={"processor_factory": None, "model_folder": str(tiny_model),
+                       processing={"processor_factory": None, "model_folder": str(tiny_model), "outputs": ["seg"],
                                    "inference": {"backend": "eager", "device": "cpu", "host_threads": 0}})
     cfg = load_node_config(write_config(tmp_path / "node.yaml", data))
     node = Node(cfg, processors=[load_processor(cfg.processing)])
