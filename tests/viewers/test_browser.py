@@ -62,6 +62,12 @@ def test_screenshot_reading_tells_right_wrong_and_missing(stack):
 def test_viewer_shows_outline(stack, viewer, label, tmp_path):
     reading = stack.cell(viewer, label, FRAME, tmp_path / "shot.png")
     expected = viewers.EXPECTED[(viewer, label)]
+    if expected == viewers.RIGHT_FRAME and reading.verdict != expected:
+        # OHIF 3.13's stack statistics race (docs/viewers/matrix.md) can crash a load that works;
+        # one more load tells that apart from a real regression, which fails both times.
+        first = reading.verdict
+        reading = stack.cell(viewer, label, FRAME, tmp_path / "shot.png")
+        reading.note = f"{reading.note}; first load: {first}"
     detail = (f"{viewer} x {label}: {reading.verdict} (Dice with frame {FRAME}: {reading.dice}, "
               f"per frame {reading.dice_by_frame}, image at {reading.rectangle}; {reading.note}); "
               f"screenshot {tmp_path / 'shot.png'}")
