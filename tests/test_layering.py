@@ -30,8 +30,8 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def imported_packages(path: Path) -> dict[str, int]:
-    """Our top-level packages imported anywhere in ``path`` -> the first line importing each."""
+def imported_modules(path: Path, *, include_conf: bool = False) -> dict[str, int]:
+    """Every module of ours that ``path`` imports, by dotted name -> line (lazy imports too)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     found: dict[str, int] = {}
     for node in ast.walk(tree):
@@ -43,8 +43,16 @@ def imported_packages(path: Path) -> dict[str, int]:
             continue
         for name in names:
             top = name.split(".")[0]
-            if top in OURS:
-                found.setdefault(top, node.lineno)
+            if top in OURS and (include_conf or top != "conf"):
+                found.setdefault(name, node.lineno)
+    return found
+
+
+def imported_packages(path: Path) -> dict[str, int]:
+    """Our top-level packages imported anywhere in ``path`` -> the first line importing each."""
+    found: dict[str, int] = {}
+    for name, line in sorted(imported_modules(path, include_conf=True).items(), key=lambda item: item[1]):
+        found.setdefault(name.split(".")[0], line)
     return found
 
 
@@ -75,23 +83,6 @@ def test_nothing_below_the_cli_imports_it() -> None:
     for package, allowed in ALLOWED.items():
         if package != "taviseg":
             assert "taviseg" not in allowed, package
-
-
-def imported_modules(path: Path) -> dict[str, int]:
-    """Every module of ours that ``path`` imports, by dotted name -> line (lazy imports too)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    found: dict[str, int] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        else:
-            continue
-        for name in names:
-            if name.split(".")[0] in OURS and name.split(".")[0] != "conf":
-                found.setdefault(name, node.lineno)
-    return found
 
 
 def test_every_import_of_ours_names_a_module_that_exists() -> None:
