@@ -37,7 +37,12 @@ class ProcessingError(NodeError):
 
 
 class NotSegmentable(ProcessingError):
-    """A received object is kept but not segmented (dose report, unsupported image kind)."""
+    """A received object is kept but not segmented (dose report, unsupported image kind, or a run
+    whose every outline QC withheld: ``qc_frames`` then counts its frames by QC outcome)."""
+
+    def __init__(self, message: str, *, qc_frames: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.qc_frames = qc_frames
 
 
 class DeliveryError(NodeError):

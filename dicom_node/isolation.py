@@ -221,10 +221,11 @@ class IsolatedProcessor:
 def _unpack(reply: tuple) -> list[OutputObject]:
     """Outputs of an ``ok`` reply, or the processor's error raised again."""
     if reply[0] == "ok":
-        return [OutputObject(kind, pydicom.dcmread(io.BytesIO(data))) for kind, data in reply[1]]
-    _, category, type_name, message = reply
+        return [OutputObject(kind, pydicom.dcmread(io.BytesIO(data)), qc_frames=qc_frames)
+                for kind, data, qc_frames in reply[1]]
+    _, category, type_name, message, *extra = reply
     if category == "not-segmentable":
-        raise NotSegmentable(message)
+        raise NotSegmentable(message, qc_frames=extra[0] if extra else None)
     if category == "processing":
         raise ProcessingError(message)
     raise ProcessingError(f"{'unexpected ' if category == 'unexpected' else ''}{type_name}: {message}")
@@ -273,11 +274,11 @@ def _child_main(conn: multiprocessing.connection.Connection, cfg: ProcessingConf
         try:
             outputs = processor.process(instance)
             try:
-                reply: tuple = ("ok", [(o.kind, _encode(o.dataset)) for o in outputs])
+                reply: tuple = ("ok", [(o.kind, _encode(o.dataset), o.qc_frames) for o in outputs])
             except (OSError, ValueError, TypeError, AttributeError) as exc:
                 reply = ("error", "processing", type(exc).__name__, f"cannot encode an output object: {exc}")
         except NotSegmentable as exc:
-            reply = ("error", "not-segmentable", type(exc).__name__, str(exc))
+            reply = ("error", "not-segmentable", type(exc).__name__, str(exc), exc.qc_frames)
         except ProcessingError as exc:
             reply = ("error", "processing", type(exc).__name__, str(exc))
         except TavisegError as exc:

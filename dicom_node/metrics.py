@@ -111,6 +111,10 @@ class NodeMetrics:
         self.received_bytes = counter("received_bytes", "bytes of instances stored")
         self.processed = counter("processed", "instances processed, by result", ("result",))
         self.outputs = counter("outputs", "output objects created, by kind", ("kind",))
+        self.qc_frames = counter(
+            "qc_frames", "frames of segmented runs by QC outcome (accepted, marked, withheld, no_root)", ("outcome",)
+        )
+        self.qc_runs = counter("qc_runs", "runs assessed by QC, by verdict (pass, fail, unknown)", ("verdict",))
         self.delivered = counter("delivered", "output objects delivered, by destination", ("destination",))
         self.delivery_failures = counter(
             "delivery_failures", "failed delivery attempts, by destination", ("destination",)

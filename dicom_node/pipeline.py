@@ -36,12 +36,41 @@ SERIES_OFFSETS = {"seg": 0, "sr": 1, "gsps": 2, "sc": 3}
 ALGORITHM_NAME = "taviseg aortic root"
 
 
+#: Per-frame QC outcomes counted in the node's metrics (``qc_frames_total{outcome}``): accepted
+#: (no flag), marked (flagged, outline kept: policy mark), withheld (flagged, outline removed:
+#: policy withhold) and no_root (empty on purpose: no contrast or no root in view).
+QC_OUTCOMES = ("accepted", "marked", "withheld", "no_root")
+
+
 @dataclass(frozen=True)
 class OutputObject:
-    """One object produced for a run: its kind (seg, sr, gsps, sc) and the data set."""
+    """One object produced for a run: its kind (seg, sr, gsps, sc) and the data set.
+
+    ``qc_frames`` (on the SEG, when QC ran): the run's frames counted by QC outcome
+    (:data:`QC_OUTCOMES`) and its verdict under the key ``"run:<status>"``.
+    """
 
     kind: str
     dataset: pydicom.Dataset
+    qc_frames: dict[str, int] | None = None
+
+
+def qc_frame_counts(flagged: Sequence[bool], reasons: Sequence[str | None], policy: str, status: str,
+                    *, run_withheld: bool = False) -> dict[str, int]:
+    """Count a run's frames by QC outcome under ``policy`` (and its verdict as ``run:<status>``).
+
+    ``run_withheld``: the whole run's outlines were withheld (policy withhold, run failed QC).
+    """
+    counts = dict.fromkeys(QC_OUTCOMES, 0)
+    for flag, reason in zip(flagged, reasons, strict=True):
+        if reason is not None:
+            counts["no_root"] += 1
+        elif run_withheld or (flag and policy == "withhold"):
+            counts["withheld"] += 1
+        else:
+            counts["marked" if flag else "accepted"] += 1
+    counts[f"run:{status}"] = 1
+    return counts
 
 
 @runtime_checkable
@@ -284,12 +313,17 @@ class ModelPipeline:
         from segmentation.dicom.seg import build_segmentation
 
         source = run.dataset
-        seg_description, notes = "AI aortic root segmentation", None
+        seg_description, notes, qc_frames = "AI aortic root segmentation", None, None
         if self.cfg.qc != "off" and qc is None:
-            seg_description = "AI outline, quality not available"
+            seg_description, qc_frames = "AI outline, quality not available", {"run:unknown": 1}
         if qc is not None:  # processing.qc mark or withhold (docs/qc.md)
             if self.cfg.qc == "withhold" and qc.verdict.status == "fail":
-                raise NotSegmentable(f"instance {run.sop_instance_uid}: outline withheld by QC ({qc.verdict.text})")
+                raise NotSegmentable(
+                    f"instance {run.sop_instance_uid}: outline withheld by QC ({qc.verdict.text})",
+                    qc_frames=qc_frame_counts(qc.flagged, qc.reasons, self.cfg.qc, qc.verdict.status,
+                                              run_withheld=True),
+                )
+            qc_frames = qc_frame_counts(qc.flagged, qc.reasons, self.cfg.qc, qc.verdict.status)
             seg_description = qc.verdict.text
             notes = ["no-root" if r is not None else ("withheld" if self.cfg.qc == "withhold" else "uncertain")
                      if f else None for f, r in zip(qc.flagged, qc.reasons)]
@@ -316,7 +350,7 @@ class ModelPipeline:
             content_description=seg_description,
             **uids("seg"),
         )
-        outputs = [OutputObject("seg", seg)]
+        outputs = [OutputObject("seg", seg, qc_frames=qc_frames)]
         if "sr" in self.cfg.outputs:
             from segmentation.dicom.sr import build_measurement_report, measure_frames
 

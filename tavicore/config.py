@@ -128,9 +128,18 @@ def _to_float(value: Any) -> Any:
     return value
 
 
+#: YAML 1.1 reads these words as booleans (``orthanc: no`` is False); a Literal that allows one of
+#: them as a string takes the boolean back as that word.
+_YAML_BOOL_WORDS = {True: ("yes", "on", "true", "y"), False: ("no", "off", "false", "n")}
+
+
 def _literal(allowed: tuple[Any, ...], value: Any) -> Any:
     if any(type(value) is type(a) and value == a for a in allowed):  # 512.0 or True is not 512 or 1
         return value
+    if isinstance(value, bool):
+        words = [a for a in allowed if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
+        if len(words) == 1:
+            return words[0]
     raise _error("literal_error", f"invalid value {value!r}; allowed: {', '.join(map(repr, allowed))}")
 
 

@@ -156,6 +156,29 @@ def test_literal_is_type_strict():
     assert cfg.input_size == 640 and type(cfg.input_size) is int
 
 
+@dataclass(frozen=True)
+class Switches:
+    orthanc: Literal["auto", "yes", "no"] = "auto"
+    mode: Literal["on", "off", "never"] = "never"
+    strict: Literal["true", "false", "auto"] = "auto"
+
+
+@pytest.mark.parametrize("text, field_name, expected", [
+    ("orthanc=no", "orthanc", "no"), ("orthanc=yes", "orthanc", "yes"), ("orthanc=off", "orthanc", "no"),
+    ("mode=off", "mode", "off"), ("mode=on", "mode", "on"), ("strict=false", "strict", "false"),
+])
+def test_yaml_boolean_words_reach_a_literal_of_words(text, field_name, expected):
+    """YAML 1.1 reads `no`/`yes`/`off` as booleans: a Literal of words takes them back as its word."""
+    key, value = parse_override(text)
+    assert isinstance(value, bool)
+    assert getattr(from_dict(Switches, {key: value}), field_name) == expected
+
+
+def test_a_boolean_is_not_a_literal_without_its_word():
+    with pytest.raises(ConfigError, match=r"input_size: invalid value True; allowed: 512, 640, 896"):
+        from_dict(Train, {"input_size": True})
+
+
 def test_required_key_and_post_init_errors():
     with pytest.raises(ConfigError, match="root: required key is missing"):
         from_dict(Required, {})

@@ -162,8 +162,10 @@ class WorkerPool:
         self.metrics.queue_seconds.observe(time.time() - row.received_at)
         t0 = time.monotonic()
         state, detail, rows, files, kinds = "done", "", [], [], []
+        qc_frames: dict[str, int] = {}
         try:
             outputs = processor.process(instance)
+            qc_frames = next((o.qc_frames for o in outputs if o.qc_frames), {})
             rows = self.outbox.write(outputs)
             files = sorted({r.file for r in rows})
             kinds = [o.kind for o in outputs]
@@ -178,7 +180,7 @@ class WorkerPool:
             self.on_deferred(row.id)
             return "deferred"
         except NotSegmentable as exc:
-            state, detail = "skipped", str(exc)
+            state, detail, qc_frames = "skipped", str(exc), exc.qc_frames or {}
         except (ProcessingError, StorageError) as exc:
             state, detail = "failed", str(exc)
         except TavisegError as exc:
@@ -194,6 +196,11 @@ class WorkerPool:
         self.outbox.discard(stale)
         for kind in kinds:
             self.metrics.outputs.labels(kind=kind).inc()
+        for key, count in qc_frames.items():
+            if key.startswith("run:"):
+                self.metrics.qc_runs.labels(verdict=key[4:]).inc(count)
+            elif count:
+                self.metrics.qc_frames.labels(outcome=key).inc(count)
         elapsed = time.monotonic() - t0
         self.metrics.processing_seconds.observe(elapsed)
         self.metrics.processed.labels(result=state).inc()

@@ -10,14 +10,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.config import ProcessingConfig
+from dicom_node.config import ProcessingConfig, load_node_config
 from dicom_node.errors import NotSegmentable
-from dicom_node.pipeline import ModelPipeline
+from dicom_node.isolation import _unpack
+from dicom_node.node import Node
+from dicom_node.pipeline import ModelPipeline, qc_frame_counts
 from dicom_node.spool import StoredInstance
 from segmentation.inference.config import InferenceConfig
 from segmentation.inference.engine import InferenceEngine
 from segmentation.qc.store import save_quality_model
-from testkit.node import make_xa
+from testkit.node import base_config, journal_counts, make_xa, send, wait_until, write_config
 from tests.dicom.checks import (
     PRIVATE_SCHEME_WARNING,
     SOURCE_INHERITED_WARNINGS,
@@ -91,9 +93,13 @@ def setup(tmp_path_factory):
 
 
 def run_policy(setup, policy: str, outputs=("seg", "sr")):
+    return {o.kind: o.dataset for o in run_objects(setup, policy, outputs)}
+
+
+def run_objects(setup, policy: str, outputs=("seg", "sr")):
     folder, path, ds, _ = setup
     pipeline = ModelPipeline(ProcessingConfig(model_folder=folder, inference=CPU, outputs=outputs, qc=policy))
-    return {o.kind: o.dataset for o in pipeline.process(_stored(path, ds))}
+    return pipeline.process(_stored(path, ds))
 
 
 def seg_masks(seg: pydicom.Dataset) -> np.ndarray:
@@ -161,3 +167,60 @@ def test_policy_is_checked_by_the_config():
     with pytest.raises(ConfigError, match="qc"):
         from_dict(ProcessingConfig, {"qc": "sometimes"}, source="node.yaml")
     assert ProcessingConfig().qc == "mark"
+
+
+def test_the_seg_carries_the_frame_counts_of_each_policy(setup):
+    marked = {o.kind: o.qc_frames for o in run_objects(setup, "mark")}
+    assert marked["seg"] == {"accepted": FRAMES - FLAGGED, "marked": FLAGGED, "withheld": 0, "no_root": 0,
+                             "run:pass": 1}
+    assert marked["sr"] is None  # counted once per run
+    withheld = {o.kind: o.qc_frames for o in run_objects(setup, "withhold")}
+    assert withheld["seg"] == {"accepted": FRAMES - FLAGGED, "marked": 0, "withheld": FLAGGED, "no_root": 0,
+                               "run:pass": 1}
+    assert {o.kind: o.qc_frames for o in run_objects(setup, "off")}["seg"] is None
+
+
+def test_frame_counts_no_root_and_a_withheld_run():
+    flagged, reasons = [True, True, False, True], ["no contrast", None, None, None]
+    assert qc_frame_counts(flagged, reasons, "mark", "pass") == {
+        "accepted": 1, "marked": 2, "withheld": 0, "no_root": 1, "run:pass": 1}
+    assert qc_frame_counts(flagged, reasons, "withhold", "fail", run_withheld=True) == {
+        "accepted": 0, "marked": 0, "withheld": 3, "no_root": 1, "run:fail": 1}
+
+
+def test_counts_cross_the_processing_process_boundary():
+    """What the isolated child sends back keeps the counts, for outputs and for a withheld run."""
+    ds = make_xa(frames=1, size=16)
+    from dicom_node.isolation import _encode
+
+    out = _unpack(("ok", [("seg", _encode(ds), {"marked": 2, "run:pass": 1}), ("sr", _encode(ds), None)]))
+    assert [(o.kind, o.qc_frames) for o in out] == [("seg", {"marked": 2, "run:pass": 1}), ("sr", None)]
+    with pytest.raises(NotSegmentable) as info:
+        _unpack(("error", "not-segmentable", "NotSegmentable", "withheld", {"withheld": 5, "run:fail": 1}))
+    assert info.value.qc_frames == {"withheld": 5, "run:fail": 1}
+    with pytest.raises(NotSegmentable) as info:  # a reply without counts (a dose report)
+        _unpack(("error", "not-segmentable", "NotSegmentable", "a dose report"))
+    assert info.value.qc_frames is None
+
+
+@pytest.mark.parametrize("policy, counted", [("mark", "marked"), ("withhold", "withheld")])
+def test_node_metrics_count_marked_and_withheld_frames(setup, tmp_path, policy, counted):
+    """A node with the QC model: after one run, /metrics counts its frames by QC outcome."""
+    folder, _path, ds, _ = setup
+    cfg = load_node_config(write_config(tmp_path / "node.yaml", base_config(
+        tmp_path / "state", processing={"processor_factory": None, "model_folder": str(folder), "qc": policy,
+                                        "outputs": ["seg", "sr"], "inference": {"backend": "eager", "device": "cpu"}},
+    )))
+    node = Node(cfg, processors=[ModelPipeline(cfg.processing)])
+    node.start()
+    try:
+        assert send(node.scp.port, [ds]) == [0x0000]
+        wait_until(lambda: journal_counts(cfg.state_dir)["done"] >= 1, 60, "the run processed")
+        m = node.metrics
+        assert m.value("qc_frames_total", outcome=counted) == FLAGGED
+        assert m.value("qc_frames_total", outcome="accepted") == FRAMES - FLAGGED
+        other = "withheld" if counted == "marked" else "marked"
+        assert m.value("qc_frames_total", outcome=other) is None
+        assert m.value("qc_runs_total", verdict="pass") == 1
+    finally:
+        node.stop()
