@@ -3,9 +3,10 @@
 The naive way is the authors' style (their predict.py): one frame at a time, cv2 resize,
 ``/255``, eager fp32 under ``torch.no_grad``, threshold, resize back; no batching. Our engine
 runs the same weights through :class:`segmentation.inference.engine.InferenceEngine` (backend
-``auto``: ONNX Runtime on CPU, bf16/fp16 autocast on GPU; batched; post-processing and
-confidence included). Prints ONE summary line on stdout with both figures and their ratio,
-and one line per backend (frames/s and max |p - p_eager|, mask Dice vs eager) on stderr.
+``auto``: on a CPU OpenVINO bf16 where the CPU has native bf16 and openvino is installed, else
+ONNX Runtime fp32; bf16/fp16 autocast on GPU; batched; post-processing and confidence
+included). Prints ONE summary line on stdout with both figures and their ratio, and one line
+per backend (frames/s and max |p - p_eager|, mask Dice vs eager) on stderr.
 The naive and engine passes are interleaved and the best of ``--repeats`` is kept (robust
 to other load on a shared machine).
 
@@ -19,9 +20,11 @@ uint8 frames (CPU on 2 cores: about 1-2 min including the one-off ONNX export, n
 MA-Net/EfficientNet-B4 and LinkNet/ResNet-18 at 512 px (``--models``): the naive loop, the
 engine with ONNX Runtime fp32 (``onnx``), with the folder's int8 variant (``onnx-int8``, made
 by :mod:`segmentation.inference.quantize` when missing, its accuracy check included), and,
-where the ``openvino`` package is installed, the engine with OpenVINO backends defined here:
-fp32 (precision hint f32), OpenVINO's default precision (bf16 on CPUs with AVX512-BF16 or AMX)
-and, with ``nncf``, int8. Frames: the held-out test patients of the bench's phantom
+where the ``openvino`` package is installed, the engine with OpenVINO
+(:class:`segmentation.inference.openvino_backend.OpenVinoBackend`): fp32 (precision hint f32,
+bench only), the product backend ``openvino-bf16`` built by the engine on CPUs with native bf16
+(AVX512-BF16 or AMX; elsewhere OpenVINO's default precision, ``openvino-default``, bench only)
+and, with ``nncf``, int8 (bench only). Frames: the held-out test patients of the bench's phantom
 cohort (never trained or calibrated on). Weights: a short phantom training per model
 (:mod:`bench.inference_models`, cached under ``--workdir``; first run 20-40 min on 2 busy cores).
 Prints ONE summary line with each variant's frames/s, its ratio to the naive loop, and its
@@ -50,6 +53,11 @@ if str(REPO) not in sys.path:
 
 from segmentation.inference.backends import OnnxBackend  # noqa: E402 - after the sys.path line above (bench/ is not installed)
 from segmentation.inference.engine import InferenceEngine  # noqa: E402 - after the sys.path line above (bench/ is not installed)
+from segmentation.inference.openvino_backend import (  # noqa: E402 - after the sys.path line above (bench/ is not installed)
+    OPENVINO_BF16,
+    OpenVinoBackend,
+    openvino_bf16_usable,
+)
 from segmentation.inference.preprocess import to_model_input  # noqa: E402 - after the sys.path line above (bench/ is not installed)
 from segmentation.inference.quantize import (  # noqa: E402 - after the sys.path line above (bench/ is not installed)
     INT8_VARIANT,
@@ -210,32 +218,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ---------------------------------------------------------------------------- --variants
-class OpenVinoBackend:
-    """An engine backend on OpenVINO's CPU plugin (bench only: not a product dependency).
-
-    Compiles an ONNX file (fp32) or an OpenVINO model (e.g. NNCF int8) with the LATENCY hint
-    and ``threads`` inference threads; the batch axis stays dynamic.
-    """
-
-    def __init__(self, model, *, threads: int, name: str, precision: str | None = None) -> None:
-        import openvino as ov
-
-        core = ov.Core()
-        if isinstance(model, (str, Path)):
-            model = core.read_model(str(model))
-        self.name = name
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads)}
-        if precision is not None:  # OpenVINO's default on CPUs with AVX512-BF16 or AMX is bf16
-            config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(model, "CPU", config)
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self.request = self.compiled.create_infer_request()
-
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        out = self.request.infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return np.asarray(next(iter(out.values()))[:, 0], dtype=np.float32)
-
-
 def openvino_int8(fp32_onnx: Path, batches: list[np.ndarray]):
     """The fp32 ONNX model quantised by NNCF (default preset, calibrated on ``batches``)."""
     import nncf
@@ -331,7 +313,10 @@ def run_variants(args: argparse.Namespace) -> int:
                           f"{check['dice_change']:+.4f}: passed")
         engines: dict[str, InferenceEngine] = {}
         setups: dict[str, float] = {}
-        for backend in ("eager", "onnx") if rejected else ("eager", "onnx", INT8_VARIANT):
+        product = ["eager", "onnx"] if rejected else ["eager", "onnx", INT8_VARIANT]
+        if openvino_on and openvino_bf16_usable()[0]:
+            product.append(OPENVINO_BF16)  # the product path: built by the engine itself
+        for backend in product:
             engines[backend], setups[backend] = timed(
                 InferenceEngine.from_folder, folder, device="cpu", backend=backend, batch_size=args.batch,
                 folds=[fold], onnx_cache_dir=cache)
@@ -346,16 +331,17 @@ def run_variants(args: argparse.Namespace) -> int:
             ov_backends = {
                 "openvino-fp32": lambda path=fp32_onnx: OpenVinoBackend(
                     path, threads=threads, name="openvino-fp32", precision="f32"),
-                "openvino-default": lambda path=fp32_onnx: OpenVinoBackend(
-                    path, threads=threads, name="openvino-default"),
             }
+            if OPENVINO_BF16 not in engines:  # no native bf16 here: OpenVINO's own choice instead
+                ov_backends["openvino-default"] = lambda path=fp32_onnx: OpenVinoBackend(
+                    path, threads=threads, name="openvino-default", precision=None)
             try:
                 import nncf  # noqa: F401 - only probes whether it is installed
 
                 cal_images = [dataset.read_image(r) for r in _spread(calibration_records(root)[1], 32)]
                 cal_batches = model_batches(folder, cal_images, args.batch)
                 ov_backends["openvino-int8"] = lambda path=fp32_onnx, batches=cal_batches: OpenVinoBackend(
-                    openvino_int8(path, batches), threads=threads, name="openvino-int8")
+                    openvino_int8(path, batches), threads=threads, name="openvino-int8", precision=None)
             except ImportError:
                 logger.warning("nncf not installed: OpenVINO int8 not measured")
             for name, make in ov_backends.items():

@@ -43,9 +43,7 @@ import dataclasses
 import io
 import json
 import logging
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -57,6 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import BenchError, run_main, setup_logging, storescu, wait_until, work_folder  # noqa: E402
+
 logger = logging.getLogger("bench.node_e2e")
 
 #: Acquisition frame rate the real-time factor refers to.
@@ -64,11 +64,6 @@ ACQUISITION_FPS = 15.0
 #: Overhead the node should stay under (printed with the figure, never asserted).
 OVERHEAD_TARGET = 0.25
 NODE_START_TIMEOUT_S = 300.0
-SEND_TIMEOUT_S = 300.0
-
-
-class BenchError(RuntimeError):
-    """A peer is missing, did not start, refused the run, or the SEG never arrived."""
 
 
 @dataclass
@@ -83,51 +78,6 @@ class Timing:
 def fmt(value: float) -> str:
     """Three significant figures at most, one decimal at least (21.3, 1.25, 0.0123)."""
     return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
-
-
-def wait_until(predicate, timeout: float, what: str, *, max_delay: float = 0.05):
-    """Poll ``predicate`` (delay growing from 5 ms to ``max_delay``) until truthy; its value.
-
-    Raises:
-        BenchError: ``timeout`` seconds passed.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError(f"{what}: not reached after {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, max_delay)
-
-
-def storescu(path: Path, port: int, called: str) -> float:
-    """Send ``path`` with dcmtk storescu as ANGIO; seconds until it exited.
-
-    Raises:
-        BenchError: storescu is missing, failed, or the node did not answer Success.
-    """
-    exe = _tool("storescu")
-    t0 = time.perf_counter()
-    proc = subprocess.run([exe, "-v", "-aet", "ANGIO", "-aec", called, "127.0.0.1", str(port), str(path)],
-                          capture_output=True, text=True, timeout=SEND_TIMEOUT_S)
-    elapsed = time.perf_counter() - t0
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0 or "Received Store Response (Success)" not in out:
-        raise BenchError(f"storescu of {path.name} to {called} at port {port} failed (rc={proc.returncode}): "
-                         f"{out[-800:]}")
-    return elapsed
-
-
-def _tool(name: str) -> str:
-    import shutil
-
-    path = shutil.which(name)
-    if path is None:
-        raise BenchError(f"{name} is not installed (dcmtk; bash scripts/setup.sh installs it)")
-    return path
 
 
 def write_run(path: Path, run, run_index: int) -> tuple[Path, str, str]:
@@ -228,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=512, help="model input size of the random model")
     parser.add_argument("--model", type=Path, help="trained model folder (default: random initialisation)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (node and baseline)")
-    parser.add_argument("--backend", default="auto", help="auto, eager, onnx, bf16 (node and baseline)")
+    parser.add_argument("--backend", default="auto",
+                        help="auto, eager, onnx, onnx-int8, openvino-bf16, bf16 (node and baseline)")
     parser.add_argument("--batch", type=int, default=8, help="frames per inference batch (default 8)")
     parser.add_argument("--outputs", default="seg", help="node outputs, comma-separated: seg,sr,gsps,sc")
     parser.add_argument("--repeats", type=int, default=2, help="baseline and node passes, interleaved; "
@@ -239,23 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 1 or args.repeats < 1 or args.batch < 1 or args.size < 64:
         parser.error("--frames, --repeats and --batch must be >= 1, --size >= 64")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-
-    tmp = None
-    if args.keep is None:
-        tmp = tempfile.TemporaryDirectory(prefix="taviseg-bench-e2e-")
-        work = Path(tmp.name)
-    else:
-        work = args.keep
-        work.mkdir(parents=True, exist_ok=True)
-    try:
+    setup_logging(logger, args.verbose)
+    with work_folder(args.keep, "taviseg-bench-e2e-") as work:
         return _run(args, work)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:
@@ -386,8 +323,4 @@ def _run(args: argparse.Namespace, work: Path) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, TimeoutError, RuntimeError, OSError) as exc:  # peers: name the problem, no traceback
-        logger.error("%s: %s", type(exc).__name__, exc)
-        sys.exit(1)
+    run_main(main, logger)

@@ -49,11 +49,9 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +67,20 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.common import (  # noqa: E402
+    BenchError,
+    require_tool,
+    run_main,
+    setup_logging,
+    storescu,
+    wait_until,
+    work_folder,
+)
+
 logger = logging.getLogger("bench.receive")
 
 #: What the node's configuration names as its processor (this module is imported by the node).
 RECEIVE_ONLY_PROCESSOR = "bench.receive:receive_only_processor"
-SEND_TIMEOUT_S = 300.0
 READY_TIMEOUT_S = 60.0
 
 
@@ -93,22 +100,6 @@ def receive_only_processor(cfg: ProcessingConfig) -> ReceiveOnlyProcessor:
     return ReceiveOnlyProcessor()
 
 
-class BenchError(RuntimeError):
-    """A peer is missing, did not start, or a send failed."""
-
-
-def require_tool(name: str) -> str:
-    """Path of a dcmtk program.
-
-    Raises:
-        BenchError: it is not installed.
-    """
-    path = shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").is_file() else None)
-    if path is None:
-        raise BenchError(f"{name} is not installed (dcmtk; bash scripts/setup.sh installs it)")
-    return path
-
-
 def build_run_file(path: Path, *, frames: int, size: int, seed: int = 0) -> int:
     """Write a ``frames`` x ``size`` x ``size`` 8-bit phantom XA run (Explicit VR LE); its size in bytes."""
     from tavidata.phantom import PhantomConfig, generate_run, patient_seed
@@ -125,46 +116,11 @@ def fmt(value: float) -> str:
     return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
-def wait_until(predicate, timeout: float, what: str):
-    """Poll ``predicate`` (growing delay, at most 0.1 s) until truthy; its value.
-
-    Raises:
-        BenchError: ``timeout`` seconds passed.
-    """
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise BenchError(f"{what}: not reached after {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.1)
-
-
 def echo_ok(port: int, called: str) -> bool:
     """True when a C-ECHO (dcmtk echoscu) to ``127.0.0.1:port`` succeeds."""
     proc = subprocess.run([require_tool("echoscu"), "-aet", "ANGIO", "-aec", called, "127.0.0.1", str(port)],
                           capture_output=True, text=True, timeout=30)
     return proc.returncode == 0
-
-
-def send_file(path: Path, port: int, called: str) -> float:
-    """Send ``path`` with storescu (one association); the seconds from start to exit.
-
-    Raises:
-        BenchError: storescu failed or did not report Success.
-    """
-    storescu = require_tool("storescu")
-    cmd = [storescu, "-v", "-aet", "ANGIO", "-aec", called, "127.0.0.1", str(port), str(path)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SEND_TIMEOUT_S)
-    elapsed = time.perf_counter() - t0
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0 or "Received Store Response (Success)" not in out:
-        raise BenchError(f"storescu to {called} at port {port} failed (rc={proc.returncode}): {out[-800:]}")
-    return elapsed
 
 
 @dataclass
@@ -328,100 +284,90 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.frames < 1 or args.repeats < 1 or args.size < 64:
         parser.error("--frames and --repeats must be >= 1, --size >= 64")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    setup_logging(logger, args.verbose)
 
     from testkit.node import NodeProcess, base_config, journal_counts, write_config
     from testkit.orthanc import free_port
 
-    tmp = None
-    if args.keep is None:
-        tmp = tempfile.TemporaryDirectory(prefix="taviseg-bench-receive-")
-        work = Path(tmp.name)
-    else:
-        work = args.keep
-        work.mkdir(parents=True, exist_ok=True)
-    scp: StoreScp | None = None
-    nodes: dict[str, NodeProcess] = {}
-    bare: BareScp | None = None
-    try:
-        path = work / "run.dcm"
-        t0 = time.perf_counter()
-        size_bytes = build_run_file(path, frames=args.frames, size=args.size)
-        logger.info("built %s: %d frames %dx%d, %d bytes in %.1f s", path.name, args.frames, args.size, args.size,
-                    size_bytes, time.perf_counter() - t0)
+    with work_folder(args.keep, "taviseg-bench-receive-") as work:
+        scp: StoreScp | None = None
+        nodes: dict[str, NodeProcess] = {}
+        bare: BareScp | None = None
+        try:
+            path = work / "run.dcm"
+            t0 = time.perf_counter()
+            size_bytes = build_run_file(path, frames=args.frames, size=args.size)
+            logger.info("built %s: %d frames %dx%d, %d bytes in %.1f s", path.name, args.frames, args.size, args.size,
+                        size_bytes, time.perf_counter() - t0)
 
-        scp = StoreScp(free_port(), work / "storescp", work / "storescp.log").start()
+            scp = StoreScp(free_port(), work / "storescp", work / "storescp.log").start()
 
-        def state_of(target: str) -> Path:
-            return work / target.replace("/", "-")
+            def state_of(target: str) -> Path:
+                return work / target.replace("/", "-")
 
-        def start_node(target: str, **limits) -> NodeProcess:
-            cfg = base_config(state_of(target), processing={"processor_factory": RECEIVE_ONLY_PROCESSOR},
-                              metrics={"enabled": True, "port": 0}, limits=limits)
-            config = write_config(state_of(target).with_suffix(".yaml"), cfg)
-            nodes[target] = NodeProcess(config).start(timeout=READY_TIMEOUT_S)
-            return nodes[target]
+            def start_node(target: str, **limits) -> NodeProcess:
+                cfg = base_config(state_of(target), processing={"processor_factory": RECEIVE_ONLY_PROCESSOR},
+                                  metrics={"enabled": True, "port": 0}, limits=limits)
+                config = write_config(state_of(target).with_suffix(".yaml"), cfg)
+                nodes[target] = NodeProcess(config).start(timeout=READY_TIMEOUT_S)
+                return nodes[target]
 
-        node = start_node("node")
-        metrics_port = int(json.loads(node.ready_file.read_text())["metrics_port"])
-        targets = ["storescp", "node"]
-        if args.decompose:
-            start_node("node/pynetdicom-reader", fast_pdu_reader=False)
-            bare = BareScp(work / "bare")
-            targets += ["node/pynetdicom-reader", "bare", "bare+fsync", "bare+writeback", "bare/pynetdicom-reader"]
+            node = start_node("node")
+            metrics_port = int(json.loads(node.ready_file.read_text())["metrics_port"])
+            targets = ["storescp", "node"]
+            if args.decompose:
+                start_node("node/pynetdicom-reader", fast_pdu_reader=False)
+                bare = BareScp(work / "bare")
+                targets += ["node/pynetdicom-reader", "bare", "bare+fsync", "bare+writeback", "bare/pynetdicom-reader"]
 
-        def settle() -> None:
-            for p in scp.received() + (bare.received() if bare else []):
-                p.unlink()
-            os.sync()
+            def settle() -> None:
+                for p in scp.received() + (bare.received() if bare else []):
+                    p.unlink()
+                os.sync()
 
-        times: dict[str, list[float]] = {t: [] for t in targets}
-        cpu: dict[str, list[tuple[float, float]]] = {t: [] for t in targets if not t.startswith("bare")}
-        pids = {"storescp": scp.proc.pid, **{name: n.proc.pid for name, n in nodes.items()}}
-        handler: list[float] = []
-        for i in range(args.repeats):
-            order = targets if i % 2 == 0 else targets[::-1]
-            for target in order:
-                settle()
-                cpu_before = cpu_seconds(pids[target]) if args.cpu and target in pids else None
-                if target.startswith("bare"):
-                    bare.configure(target)
-                    elapsed = send_file(path, bare.port, "BARE")
-                elif target == "storescp":
-                    elapsed = send_file(path, scp.port, "STORESCP")
-                    if len(scp.received()) != 1:
-                        raise BenchError(f"storescp answered Success but wrote {len(scp.received())} file(s)")
-                else:
-                    before = node_store_seconds(metrics_port)
-                    elapsed = send_file(path, nodes[target].port, "TAVISEG")
-                    wait_until(lambda target=target, i=i: journal_counts(state_of(target)).get("skipped", 0) == i + 1,
-                               60,
-                               f"{target} journaling send {i + 1} (skipped by the receive-only processor)")
-                    # the worker deletes the skipped file after journaling it: wait, so that freeing
-                    # its blocks (and any discard) happens before the next send, not during it
-                    instances = state_of(target) / "spool" / "instances"
-                    wait_until(lambda instances=instances: not any(instances.iterdir()), 60,
-                               f"{target} deleting the file of send {i + 1}")
-                    if target == "node":
-                        handler.append(node_store_seconds(metrics_port)[0] - before[0])
-                times[target].append(elapsed)
-                if cpu_before is not None:
-                    user, system = cpu_seconds(pids[target])
-                    cpu[target].append((user - cpu_before[0], system - cpu_before[1]))
-                logger.info("send %d to %-8s %.3f s (%.0f MB/s)", i + 1, target, elapsed, size_bytes / 1e6 / elapsed)
-        settle()
-    finally:
-        for running in nodes.values():
-            running.terminate()
-        if scp is not None:
-            scp.stop()
-        if bare is not None:
-            bare.stop()
-        if tmp is not None:
-            tmp.cleanup()
+            times: dict[str, list[float]] = {t: [] for t in targets}
+            cpu: dict[str, list[tuple[float, float]]] = {t: [] for t in targets if not t.startswith("bare")}
+            pids = {"storescp": scp.proc.pid, **{name: n.proc.pid for name, n in nodes.items()}}
+            handler: list[float] = []
+            for i in range(args.repeats):
+                order = targets if i % 2 == 0 else targets[::-1]
+                for target in order:
+                    settle()
+                    cpu_before = cpu_seconds(pids[target]) if args.cpu and target in pids else None
+                    if target.startswith("bare"):
+                        bare.configure(target)
+                        elapsed = storescu(path, bare.port, "BARE")
+                    elif target == "storescp":
+                        elapsed = storescu(path, scp.port, "STORESCP")
+                        if len(scp.received()) != 1:
+                            raise BenchError(f"storescp answered Success but wrote {len(scp.received())} file(s)")
+                    else:
+                        before = node_store_seconds(metrics_port)
+                        elapsed = storescu(path, nodes[target].port, "TAVISEG")
+                        wait_until(
+                            lambda target=target, i=i: journal_counts(state_of(target)).get("skipped", 0) == i + 1,
+                            60, f"{target} journaling send {i + 1} (skipped by the receive-only processor)")
+                        # the worker deletes the skipped file after journaling it: wait, so that freeing
+                        # its blocks (and any discard) happens before the next send, not during it
+                        instances = state_of(target) / "spool" / "instances"
+                        wait_until(lambda instances=instances: not any(instances.iterdir()), 60,
+                                   f"{target} deleting the file of send {i + 1}")
+                        if target == "node":
+                            handler.append(node_store_seconds(metrics_port)[0] - before[0])
+                    times[target].append(elapsed)
+                    if cpu_before is not None:
+                        user, system = cpu_seconds(pids[target])
+                        cpu[target].append((user - cpu_before[0], system - cpu_before[1]))
+                    logger.info("send %d to %-8s %.3f s (%.0f MB/s)", i + 1, target, elapsed,
+                                size_bytes / 1e6 / elapsed)
+            settle()
+        finally:
+            for running in nodes.values():
+                running.terminate()
+            if scp is not None:
+                scp.stop()
+            if bare is not None:
+                bare.stop()
 
     mb = size_bytes / 1e6
     med = {k: mb / statistics.median(v) for k, v in times.items()}
@@ -444,8 +390,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (BenchError, TimeoutError, RuntimeError, OSError) as exc:  # peers: name the problem, no traceback
-        logger.error("%s: %s", type(exc).__name__, exc)
-        sys.exit(1)
+    run_main(main, logger)

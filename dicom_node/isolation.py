@@ -33,11 +33,10 @@ from typing import Any
 
 import pydicom
 import pydicom.config
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.config import ProcessingConfig
 from dicom_node.errors import NodeConfigError, NodeError, NotSegmentable, ProcessingError
+from dicom_node.outbox import ensure_file_meta
 from dicom_node.pipeline import OutputObject, load_processor
 from dicom_node.spool import StoredInstance
 from tavicore.errors import TavisegError
@@ -233,12 +232,7 @@ def _unpack(reply: tuple) -> list[OutputObject]:
 
 def _encode(ds: pydicom.Dataset) -> bytes:
     """An output data set as a DICOM file (what the outbox would write)."""
-    if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
-        meta = FileMetaDataset()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ensure_file_meta(ds)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()

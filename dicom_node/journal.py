@@ -106,20 +106,11 @@ class NewInstance:
 
 
 @dataclass(frozen=True)
-class InstanceRow:
-    """One row of ``instances``."""
+class InstanceRow(NewInstance):
+    """One row of ``instances``: the reception as recorded (the fields of :class:`NewInstance`),
+    its row id and where its processing stands."""
 
     id: int
-    file: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    kind: str
-    calling_aet: str
-    size_bytes: int
-    frames: int
     state: str
     attempts: int
     detail: str

@@ -48,6 +48,7 @@ from dicom_node.sender import (
 from dicom_node.sop import is_valid_uid
 from dicom_node.spool import Spool, StoredInstance
 from dicom_node.status import escape_control
+from dicom_node.threads import WakeableThread
 from dicom_node.tls import server_context
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ _ESCAPING_USERS: dict[logging.Handler, int] = {}
 _ESCAPING_LOCK = threading.Lock()
 
 
-class Housekeeper:
+class Housekeeper(WakeableThread):
     """Background thread: deferred retries, requeued runs, spool retention.
 
     Args:
@@ -149,22 +150,9 @@ class Housekeeper:
         self._lock = threading.Lock()
         self._due: list[tuple[float, int]] = []  # (due time, instance id)
         self._tries: dict[int, int] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._last_sweep = 0.0
         self._picked_up: set[int] = set()
-        self._thread = threading.Thread(target=self._run, name="housekeeper", daemon=True)
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        super().__init__("housekeeper")
 
     def defer(self, instance_id: int) -> float:
         """Retry ``instance_id`` after the outbox back-off for its number of tries; the delay."""

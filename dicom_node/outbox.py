@@ -117,14 +117,20 @@ class Outbox:
             (self.root / file).unlink(missing_ok=True)
 
 
-def _save(ds: pydicom.Dataset, path: Path) -> None:
-    """Save ``ds`` in DICOM file format at ``path`` atomically (temp name, fsync, rename)."""
+def ensure_file_meta(ds: pydicom.Dataset) -> None:
+    """Give an output data set the File Meta it is written with: its own transfer syntax
+    (Explicit VR Little Endian when it has none) and its SOP Class and Instance UIDs."""
     if not hasattr(ds, "file_meta") or "TransferSyntaxUID" not in ds.file_meta:
         meta = FileMetaDataset()
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta = meta
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def _save(ds: pydicom.Dataset, path: Path) -> None:
+    """Save ``ds`` in DICOM file format at ``path`` atomically (temp name, fsync, rename)."""
+    ensure_file_meta(ds)
     part = path.with_name(path.name + ".part")
     try:
         ds.save_as(part, enforce_file_format=True)

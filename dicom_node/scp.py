@@ -76,6 +76,7 @@ from dicom_node.sop import (
     is_valid_uid,
 )
 from dicom_node.spool import Spool, StoredInstance
+from dicom_node.threads import WakeableThread
 
 logger = logging.getLogger(__name__)
 
@@ -537,7 +538,7 @@ class ReceiveLimiter:
             msg.path.unlink(missing_ok=True)
 
 
-class EarlyWriteback:
+class EarlyWriteback(WakeableThread):
     """Starts writing data sets being received to disk while they arrive.
 
     The C-STORE handler fsyncs each received file before answering Success (see
@@ -558,21 +559,8 @@ class EarlyWriteback:
         self.folder = Path(folder)
         self.step_bytes = int(step_bytes)
         self._received = 0  # bytes since the last wake-up (updated without a lock: approximate)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         self._synced: dict[str, int] = {}
-        self._thread = threading.Thread(target=self._run, name="early-writeback", daemon=True)
-
-    def start(self) -> None:
-        """Start the write-back thread."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread (a pass in progress finishes first, bounded by ``timeout``)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+        super().__init__("early-writeback")
 
     def on_data(self, event: Event) -> None:
         """``EVT_DATA_RECV`` handler (with pynetdicom's own PDU reader): :meth:`count` the PDU."""

@@ -17,21 +17,7 @@ import enum
 import logging
 import re
 
-from pydicom.uid import (
-    JPEG2000,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom import uid as pydicom_uid
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
@@ -50,19 +36,19 @@ IMAGE_SOP_CLASSES: tuple[str, ...] = tuple(sorted(INPUT_IMAGE_SOP_CLASSES))
 
 #: Transfer syntaxes accepted on every context, in the order the SCP prefers them.
 TRANSFER_SYNTAXES: tuple[str, ...] = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    DeflatedExplicitVRLittleEndian,
-    RLELossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
+    pydicom_uid.ExplicitVRLittleEndian,
+    pydicom_uid.ImplicitVRLittleEndian,
+    pydicom_uid.ExplicitVRBigEndian,
+    pydicom_uid.DeflatedExplicitVRLittleEndian,
+    pydicom_uid.RLELossless,
+    pydicom_uid.JPEGBaseline8Bit,
+    pydicom_uid.JPEGExtended12Bit,
+    pydicom_uid.JPEGLossless,
+    pydicom_uid.JPEGLosslessSV1,
+    pydicom_uid.JPEGLSLossless,
+    pydicom_uid.JPEGLSNearLossless,
+    pydicom_uid.JPEG2000Lossless,
+    pydicom_uid.JPEG2000,
 )
 
 #: Verification (C-ECHO): pydicom has no constant for it, pynetdicom has.

@@ -51,8 +51,8 @@ class DemoConfig:
     """Settings of ``taviseg demo`` (conf/demo.yaml)."""
 
     workdir: Path = setting(Path("runs/demo"), doc="work folder (relative to the current folder)")
-    phantom_preset: str = setting("demo", doc="phantom preset of conf/phantom.yaml")
-    train_config: str = setting("cpu_demo", doc="conf/train/<name>.yaml or a path")
+    phantom_preset: str = setting("ct_demo", doc="phantom preset of conf/phantom.yaml (ct_demo: v2, demo: v1)")
+    train_config: str = setting("cpu_demo_ct", doc="conf/train/<name>.yaml or a path")
     k_folds: int = setting(4, ge=2, le=10, doc="folds of the patient split")
     fold: int = setting(0, ge=0, doc="fold to train; its test patients' runs are sent")
     max_runs: int = setting(4, ge=1, le=100, doc="runs sent to the node")

@@ -32,18 +32,26 @@ VERIFICATION = Verification
 FAKE_PROCESSOR = "testkit.fakes:threshold_processor"
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout`` s."""
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, *, initial_delay: float = 0.02,
+               max_delay: float = 0.3, error: Callable[[str], Exception] = TimeoutError) -> Any:
+    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout`` s.
+
+    The pause between polls starts at ``initial_delay`` s and grows by half each time up to
+    ``max_delay`` s.
+
+    Raises:
+        TimeoutError: (or ``error``, called with the message) ``timeout`` seconds passed.
+    """
     deadline = time.monotonic() + timeout
-    delay = 0.02
+    delay = initial_delay
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not reached after {timeout:.0f} s")
+            raise error(f"{what}: not reached after {timeout:.0f} s")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.3)
+        delay = min(delay * 1.5, max_delay)
 
 
 def make_xa(

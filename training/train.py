@@ -144,6 +144,47 @@ def _seed_everything(seed: int) -> None:
 
 # --------------------------------------------------------------------------- epoch loops
 
+def _device_batches(loader: torch.utils.data.DataLoader, device: torch.device, *, channels_last: bool,
+                    progress: bool, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``loader``'s (images, masks) batches moved to ``device`` (images channels-last if asked)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        yield x.to(device, non_blocking=True, memory_format=memory_format), y.to(device, non_blocking=True)
+
+
+def _forward(model: torch.nn.Module, x: torch.Tensor, device: torch.device,
+             autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """``model(x)``, under autocast to ``autocast_dtype`` when one is given."""
+    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        return model(x)
+
+
+class _EpochSums:
+    """Loss (weighted by batch size) and per-frame Dice summed on the device over one pass."""
+
+    def __init__(self, device: torch.device, threshold: float) -> None:
+        self.loss = torch.zeros((), device=device)
+        self.dice = torch.zeros((), device=device)
+        self.frames = 0
+        self.threshold = threshold
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Add one batch: its mean ``loss`` and the Dice of its ``logits`` against ``y``."""
+        self.loss += loss * y.shape[0]
+        self.dice += dice_per_frame(logits, y, self.threshold).sum()
+        self.frames += y.shape[0]
+
+    def means(self, empty: str) -> tuple[float, float, int]:
+        """(mean loss, mean per-frame Dice, frames), one synchronisation with the device.
+
+        Raises:
+            TrainingError: ``empty``, when no batch was added.
+        """
+        if self.frames == 0:
+            raise TrainingError(empty)
+        return float(self.loss) / self.frames, float(self.dice) / self.frames, self.frames
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -169,16 +210,10 @@ def train_one_epoch(
     """
     model.train()
     loss_fn = SoftDiceLoss()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    loss_sum = torch.zeros((), device=device)
-    dice_sum = torch.zeros((), device=device)
-    frames = 0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
+    sums = _EpochSums(device, threshold)
+    for x, y in _device_batches(loader, device, channels_last=channels_last, progress=progress, desc=desc):
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = model(x)
+        logits = _forward(model, x, device, autocast_dtype)
         loss = loss_fn(logits, y)
         if scaler is not None and scaler.is_enabled():
             scaler.scale(loss).backward()
@@ -187,12 +222,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
-        loss_sum += loss.detach() * x.shape[0]
-        dice_sum += dice_per_frame(logits.detach(), y, threshold).sum()
-        frames += x.shape[0]
-    if frames == 0:
-        raise TrainingError("training loader yielded no batch (fewer frames than the batch size?)")
-    return float(loss_sum) / frames, float(dice_sum) / frames, frames
+        sums.add(loss.detach(), logits.detach(), y)
+    return sums.means("training loader yielded no batch (fewer frames than the batch size?)")
 
 
 @torch.no_grad()
@@ -214,21 +245,12 @@ def evaluate(
     """
     model.eval()
     loss_fn = SoftDiceLoss()
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    loss_sum = torch.zeros((), device=device)
-    dice_sum = torch.zeros((), device=device)
-    frames = 0
-    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        x = x.to(device, non_blocking=True, memory_format=memory_format)
-        y = y.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = model(x)
-        loss_sum += loss_fn(logits, y) * x.shape[0]
-        dice_sum += dice_per_frame(logits, y, threshold).sum()
-        frames += x.shape[0]
-    if frames == 0:
-        raise TrainingError("validation loader yielded no batch")
-    return float(loss_sum) / frames, float(dice_sum) / frames
+    sums = _EpochSums(device, threshold)
+    for x, y in _device_batches(loader, device, channels_last=channels_last, progress=progress, desc=desc):
+        logits = _forward(model, x, device, autocast_dtype)
+        sums.add(loss_fn(logits, y), logits, y)
+    loss, dice, _ = sums.means("validation loader yielded no batch")
+    return loss, dice
 
 
 # --------------------------------------------------------------------------- fold files

@@ -195,6 +195,19 @@ class Crowd:
             self.opened += 1
         return s
 
+    def reconnecting(self, port: int) -> Iterator[socket.socket]:
+        """Connections to ``port`` one after another until :meth:`stop` (at most 1000): the next
+        is opened RECONNECT_S after the caller is done with one, 0.2 s after a failed connect."""
+        for _ in range(1000):
+            if self.stop_event.is_set():
+                return
+            s = self.connect(port)
+            if s is None:
+                time.sleep(0.2)
+                continue
+            yield s
+            time.sleep(RECONNECT_S)
+
     def node_closed(self, s: socket.socket, wait: float) -> bool:
         """True when the node closes ``s`` within ``wait`` s (reading and dropping what it sends)."""
         s.settimeout(0.2)
@@ -207,10 +220,14 @@ class Crowd:
             except OSError:
                 data = b""
             if not data:
-                with self._lock:
-                    self.closed_by_node += 1
+                self.count_closed()
                 return True
         return False
+
+    def count_closed(self) -> None:
+        """Count one hostile connection the node closed (threads call it)."""
+        with self._lock:
+            self.closed_by_node += 1
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -374,15 +391,8 @@ def scenario_tls_stall(bench: Bench) -> tuple[str, bool]:
     with running(node):
         def stall() -> None:
             # reconnect whenever the node closes one: the attack lasts the whole probe window
-            for _ in range(1000):
-                if crowd.stop_event.is_set():
-                    return
-                s = crowd.connect(node.port)
-                if s is None:
-                    time.sleep(0.2)
-                    continue
+            for s in crowd.reconnecting(node.port):
                 crowd.node_closed(s, attack_s(bench) + 10)
-                time.sleep(RECONNECT_S)
 
         with RssPeak(node, attack_s(bench) + 2) as rss:
             for i in range(n):
@@ -410,37 +420,22 @@ def scenario_slowloris(bench: Bench) -> tuple[str, bool]:
     crowd = Crowd()
     with running(node):
         def partial_header() -> None:
-            for _ in range(1000):
-                if crowd.stop_event.is_set():
-                    return
-                s = crowd.connect(node.port)
-                if s is None:
-                    time.sleep(0.2)
-                    continue
+            for s in crowd.reconnecting(node.port):
                 with contextlib.suppress(OSError):
                     s.sendall(rq[:3])
                 crowd.node_closed(s, attack_s(bench) + 10)
-                time.sleep(RECONNECT_S)
 
         def drip() -> None:
-            for _ in range(1000):
-                if crowd.stop_event.is_set():
-                    return
-                s = crowd.connect(node.port)
-                if s is None:
-                    time.sleep(0.2)
-                    continue
+            for s in crowd.reconnecting(node.port):
                 for byte in rq[:-1]:  # never completes the request
                     if crowd.stop_event.is_set():
                         return
                     try:
                         s.sendall(bytes([byte]))
                     except OSError:
-                        with crowd._lock:
-                            crowd.closed_by_node += 1
+                        crowd.count_closed()
                         break
                     time.sleep(0.5)
-                time.sleep(RECONNECT_S)
 
         with RssPeak(node, attack_s(bench) + 2) as rss:
             for i in range(n):
@@ -506,8 +501,7 @@ def scenario_huge_pdu(bench: Bench) -> tuple[str, bool]:
                     s.sendall(chunk)
                     total += len(chunk)
             except OSError:
-                with crowd._lock:
-                    crowd.closed_by_node += 1
+                crowd.count_closed()
             sent.append(total)
 
         for i in range(n):

@@ -97,6 +97,10 @@ def _source_window(source: Dataset, bits_stored: int) -> tuple[float, float]:
     return top / 2.0, top
 
 
+# The output-series keywords below (frame_numbers ... manufacturer) repeat those of
+# seg.build_segmentation and sr.build_measurement_report on purpose: each builder is a public
+# entry point called with the same keywords (dicom_node.pipeline, benches, tests); bundling them
+# in one options object would change every caller for no change in meaning.
 def build_presentation_state(
     source_header: Dataset,
     masks: np.ndarray,
@@ -236,6 +240,7 @@ def burn_outline(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+# Same output-series keywords as build_presentation_state (see the note there).
 def build_burned_in_capture(
     source_header: Dataset,
     frames: Iterable[np.ndarray],

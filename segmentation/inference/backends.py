@@ -1,7 +1,8 @@
 """Execution backends: PyTorch eager (fp32 or bf16/fp16 autocast) and ONNX Runtime.
 
 :class:`OnnxBackend` runs any ONNX file: the fp32 export below, or a model folder's int8
-variant (``name="onnx-int8"``, see :mod:`segmentation.inference.quantize`).
+variant (``name="onnx-int8"``, see :mod:`segmentation.inference.quantize`). OpenVINO (bf16 on
+CPUs with bf16 units) compiles the same fp32 export: :mod:`segmentation.inference.openvino_backend`.
 
 A backend maps a preprocessed batch ``(N, C, P, P)`` float32 to logits ``(N, P, P)`` float32.
 ONNX models are exported once per (weights hash, input size, exporter) and cached on disk:

@@ -22,7 +22,7 @@ from tavicore.config import CONF_DIR, ConfigError, load_config, setting
 #: The default configuration file.
 DEFAULT_INFERENCE_CONFIG = CONF_DIR / "inference.yaml"
 
-Backend = Literal["auto", "eager", "onnx", "onnx-int8", "bf16"]
+Backend = Literal["auto", "eager", "onnx", "onnx-int8", "openvino-bf16", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -54,13 +54,15 @@ class InferenceConfig:
     device: str = setting("auto", doc="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     backend: Backend = setting(
         "auto", doc="auto (GPU: eager + bf16/fp16 autocast; CPU: the model folder's int8 variant when it has "
-        "one, else ONNX Runtime fp32), eager, onnx (fp32), onnx-int8 (CPU only), bf16"
+        "one, else OpenVINO bf16 on CPUs with native bf16 (avx512_bf16/amx_bf16) and openvino installed, else "
+        "ONNX Runtime fp32), eager, onnx (fp32), onnx-int8 (CPU only), openvino-bf16 (CPU with native bf16 "
+        "only), bf16"
     )
     batch_size: int = setting(8, ge=1, le=1024, doc="frames per forward pass")
     folds: tuple[int, ...] | None = setting(None, doc="folds to ensemble; null = all folds present")
     tta: bool = setting(False, doc="horizontal-flip test-time augmentation")
     channels_last: bool = setting(True, doc="channels-last memory format for the eager backends")
-    threads: int = setting(0, ge=0, le=512, doc="CPU threads for torch/ONNX Runtime; 0 = default")
+    threads: int = setting(0, ge=0, le=512, doc="CPU threads for torch/ONNX Runtime/OpenVINO; 0 = default")
     onnx_cache_dir: Path | None = setting(None, doc="exported .onnx cache; null = user cache dir")
     host_threads: int = setting(
         2, ge=0, le=64, doc="threads that pre- and post-process frames while the model runs; 0 = none"

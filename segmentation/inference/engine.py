@@ -15,12 +15,21 @@ Backends (``backend=``): ``"eager"`` PyTorch fp32; ``"bf16"`` PyTorch bf16 autoc
 ``"onnx"`` ONNX Runtime fp32 (export cached, see :mod:`segmentation.inference.backends`);
 ``"onnx-int8"`` ONNX Runtime on the model folder's int8 variant (written by
 :mod:`segmentation.inference.quantize`, checked against eager fp32 when it was made), CPU only;
+``"openvino-bf16"`` OpenVINO on the same cached fp32 ONNX export, compiled in bf16
+(:mod:`segmentation.inference.openvino_backend`; the first compilation of an export is checked
+against ONNX Runtime fp32 on synthetic frames and the result recorded beside the export), CPU
+only, refused on a CPU without native bf16 (``avx512_bf16`` or ``amx_bf16``), without the
+``openvino`` package, or when it fails to compile or fails its check;
 ``"auto"``: on a GPU eager with bf16 (or fp16) autocast; on a CPU the int8 variant when the
-folder has a valid one for every selected fold, else ONNX Runtime fp32, falling back to eager
-fp32 with a logged warning when the export fails. The int8 variant is never used on a GPU.
-:attr:`InferenceEngine.backend_name` names what ran (``"onnx-int8"`` for the variant); predict's
-summary and the SR record it. Tested agreement with eager fp32: ONNX probabilities within 1e-3
-(max abs), bf16 masks Dice > 0.99; int8: the accuracy check of the variant.
+folder has a valid one for every selected fold, else ``openvino-bf16`` where the CPU has native
+bf16 and openvino is importable, else ONNX Runtime fp32; each step falls back to the next with a
+logged warning when it fails to load or compile, and to eager fp32 when the export fails. The
+int8 variant and OpenVINO are never used on a GPU.
+:attr:`InferenceEngine.backend_name` names what ran (``"onnx-int8"`` for the variant,
+``"openvino-bf16"``...); predict's summary and the SR record it. Tested agreement with eager
+fp32: ONNX probabilities within 1e-3 (max abs), bf16 masks Dice > 0.99, OpenVINO bf16 masks
+Dice >= 0.98 (tiny random models; trained ones in bench/RESULTS.md); int8: the accuracy check
+of the variant.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import numpy as np
 import torch
 
 from segmentation.errors import InferenceError, ModelError
+from segmentation.inference import openvino_backend
 from segmentation.inference.backends import (
     Backend,
     OnnxBackend,
@@ -52,6 +62,7 @@ from segmentation.inference.config import (
     PostprocessConfig,
     default_onnx_cache_dir,
 )
+from segmentation.inference.openvino_backend import OPENVINO_BF16, check_frames, checked_openvino_bf16
 from segmentation.inference.postprocess import postprocess_mask
 from segmentation.inference.preprocess import (
     FrameInput,
@@ -64,7 +75,7 @@ from segmentation.models.folder import ModelFolder, load_model_folder
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "onnx", "onnx-int8", "bf16")
+BACKENDS = ("auto", "eager", "onnx", "onnx-int8", "openvino-bf16", "bf16")
 #: The variant of a model folder run by backend ``onnx-int8`` (see segmentation.inference.quantize).
 INT8_VARIANT = "onnx-int8"
 
@@ -98,6 +109,13 @@ def _stack(items: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.clip(x, -80.0, 80.0)))).astype(np.float32)
+
+
+def _check_batch(mf: ModelFolder) -> np.ndarray:
+    """The preprocessed synthetic frames of the one-time OpenVINO bf16 check."""
+    spec = mf.spec
+    return to_model_input(check_frames(spec.input_size), input_size=spec.input_size, padded_size=spec.padded_size,
+                          in_channels=spec.in_channels, normalization=spec.normalization)[0]
 
 
 class InferenceEngine:
@@ -158,7 +176,8 @@ class InferenceEngine:
         Args:
             folder: Model folder path (or a loaded :class:`ModelFolder`).
             device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-            backend: ``auto``, ``eager``, ``onnx``, ``onnx-int8`` or ``bf16`` (see the module docstring).
+            backend: ``auto``, ``eager``, ``onnx``, ``onnx-int8``, ``openvino-bf16`` or ``bf16`` (see
+                the module docstring).
             batch_size: Frames per forward pass.
             folds: Folds to ensemble (mean probability); None = all folds of the folder.
             tta: Add the horizontally flipped frames and average.
@@ -172,8 +191,10 @@ class InferenceEngine:
 
         Raises:
             ModelError: bad folder or unknown fold. InferenceError: unknown backend/device, an
-                explicitly requested ONNX backend whose export failed, or ``onnx-int8`` on a GPU
-                or for a folder without a valid int8 variant.
+                explicitly requested ONNX backend whose export failed, ``onnx-int8`` on a GPU
+                or for a folder without a valid int8 variant, or ``openvino-bf16`` on a GPU, on a
+                CPU without native bf16, without the openvino package, failing to compile or
+                failing its check against fp32.
         """
         mf = folder if isinstance(folder, ModelFolder) else load_model_folder(folder)
         if backend not in BACKENDS:
@@ -248,13 +269,38 @@ class InferenceEngine:
                     return {f: OnnxBackend(p, threads=threads, device=dev, name=INT8_VARIANT)
                             for f, p in int8.items()}, INT8_VARIANT
                 except InferenceError as exc:
-                    logger.warning("int8 variant unusable (%s); running ONNX Runtime fp32", exc)
+                    logger.warning("int8 variant unusable (%s); running the fp32 export", exc)
             try:
-                return {f: OnnxBackend(cached_onnx_path(mf, f, cache_dir), threads=threads, device=dev)
-                        for f in folds}, "onnx"
+                paths = {f: cached_onnx_path(mf, f, cache_dir) for f in folds}
+                if dev.type == "cpu":
+                    usable, why = openvino_backend.openvino_bf16_usable()
+                    if usable:
+                        try:
+                            return {f: checked_openvino_bf16(p, lambda: _check_batch(mf), mf.spec.threshold,
+                                                             threads=threads)
+                                    for f, p in paths.items()}, OPENVINO_BF16
+                        except InferenceError as exc:
+                            logger.warning("%s unavailable (%s); running ONNX Runtime fp32", OPENVINO_BF16, exc)
+                    else:
+                        logger.debug("%s not used: %s", OPENVINO_BF16, why)
+                return {f: OnnxBackend(p, threads=threads, device=dev) for f, p in paths.items()}, "onnx"
             except InferenceError as exc:
                 logger.warning("ONNX backend unavailable (%s); falling back to eager fp32", exc)
                 backend = "eager"
+        if backend == OPENVINO_BF16:
+            if dev.type != "cpu":
+                raise InferenceError(
+                    f"backend {OPENVINO_BF16!r} runs on the CPU only, the device is {dev}; "
+                    "use backend 'auto' (or device 'cpu')"
+                )
+            usable, why = openvino_backend.openvino_bf16_usable()
+            if not usable:
+                raise InferenceError(
+                    f"backend {OPENVINO_BF16!r} requested but {why}; use backend 'auto' or 'onnx'"
+                )
+            return {f: checked_openvino_bf16(cached_onnx_path(mf, f, cache_dir), lambda: _check_batch(mf),
+                                             mf.spec.threshold, threads=threads)
+                    for f in folds}, OPENVINO_BF16
         if backend == "onnx":
             return {f: OnnxBackend(cached_onnx_path(mf, f, cache_dir), threads=threads, device=dev)
                     for f in folds}, "onnx"

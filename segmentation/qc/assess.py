@@ -243,6 +243,7 @@ class QualityAssessor:
             verdict=run_verdict(quality, flagged, reasons), probabilities=m.probabilities,
         )
 
+    # measure's keywords spelled out again, not **kwargs: callers get them checked and typed.
     def predict(
         self,
         frames: FrameInput,

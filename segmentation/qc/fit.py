@@ -198,7 +198,7 @@ def fit_quality_model(
         ood_max=float(2.0 * max(float(held_d.max()), ood.train_quantile(1.0))),
         area_frac_min=float(0.2 * min(area)),
         area_frac_max=float(min(0.9, 2.0 * max(area))),
-        contrast_min=float(min(0.0, 0.5 * np.quantile(good_contrast, 0.01))),
+        contrast_min=contrast_limit(good_contrast),
     )
     provenance = {
         "dataset": str(Path(dataset_root).resolve()),
@@ -219,6 +219,14 @@ def fit_quality_model(
         save_quality_model(assessor.engine.folder.path, qc)
     assessor.qc = qc
     return qc
+
+
+def contrast_limit(good_contrast: Sequence[float] | np.ndarray) -> float:
+    """The "no contrast" gate's limit: below every good held-out frame's outline contrast, with a
+    margin of half its magnitude plus 0.02 (a root may be barely darker, or even lighter, than a
+    ring that crosses the heart shadow or the spine; such frames must keep their outline)."""
+    lowest = min(0.0, float(np.min(good_contrast))) if len(good_contrast) else 0.0
+    return 1.5 * lowest - 0.02
 
 
 #: The training hook fits QC data only when the data set has at least this many frames in

@@ -25,7 +25,7 @@ from tavidata.phantom.config import PhantomConfig
 from tavidata.phantom.contact_sheet import make_contact_sheet, make_tile
 from tavidata.phantom.dicom_export import study_uid_for, write_run_with_ground_truth
 from tavidata.phantom.imaging import build_scene
-from tavidata.phantom.run import PhantomRun
+from tavidata.phantom.run import PhantomRun, render_frames, run_rng
 from tavidata.phantom.stats import REAL_TAVI_RANGES, describe, frame_stats, summarize
 
 logger = logging.getLogger(__name__)
@@ -64,22 +64,12 @@ def generate_run(config: PhantomConfig, patient_seed: int, run_index: int, *, n_
         from tavidata.phantom.ct.run import generate_ct_run
 
         return generate_ct_run(config, patient_seed, run_index, n_frames=n_frames, stage=stage)
-    if run_index < 0:
-        raise ValueError(f"run_index must be >= 0, got {run_index}")
-    rng = np.random.default_rng([patient_seed, 2, run_index])
-    if n_frames is None:
-        n_frames = int(rng.integers(config.frames_per_run[0], config.frames_per_run[1] + 1))
-    if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    rng, n_frames = run_rng(config, patient_seed, run_index, n_frames)
     patient = _patient(config, patient_seed)
     case = sample_run(rng, config, patient, n_frames=n_frames, stage=stage)
     scene = build_scene(rng, case, patient)
-    noise_rng = np.random.default_rng([patient_seed, 3, run_index])
-    h, w = scene.shape
-    frames = np.empty((n_frames, h, w), np.uint8)
-    masks = np.empty((n_frames, h, w), bool)
-    for i, t in enumerate(case.timing.frame_times):
-        frames[i], masks[i] = scene.render(t, noise_rng)
+    frames, masks = render_frames(scene, case.timing.frame_times, n_frames, scene.shape,
+                                  np.random.default_rng([patient_seed, 3, run_index]))
     meta = case.describe()
     meta.update(scene.info)
     meta.update({

@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=None, help="bootstrap seed")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--backend", default=None, help="auto, eager, onnx, bf16")
+    parser.add_argument("--backend", default=None, help="auto, eager, onnx, onnx-int8, openvino-bf16, bf16")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override an evaluate config key (repeatable)")
 

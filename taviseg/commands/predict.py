@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
+
+from segmentation.inference.config import Backend
 
 HELP = "segment images, data sets or DICOM runs: mask/overlay PNGs, predictions.csv, DICOM SEG"
 DESCRIPTION = """\
@@ -37,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--config", type=Path, help="inference YAML (default conf/inference.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    parser.add_argument("--backend", choices=("auto", "eager", "onnx", "bf16"), help="execution backend")
+    parser.add_argument("--backend", choices=get_args(Backend), help="execution backend")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=int, help="frames per forward pass")
     parser.add_argument("--tta", action="store_true", default=None, help="horizontal-flip test-time augmentation")

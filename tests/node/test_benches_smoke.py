@@ -1,5 +1,6 @@
-"""Smoke tests of the node benchmarks at tiny sizes: ``bench/node_e2e.py``, ``bench/receive.py``
-(real peers: Orthanc, dcmtk), ``bench/contexts_copy.py`` and ``bench/disk.py``.
+"""Smoke tests of benchmarks at tiny sizes: ``bench/node_e2e.py``, ``bench/receive.py`` (real
+peers: Orthanc, dcmtk), ``bench/contexts_copy.py``, ``bench/disk.py``, ``bench/onnx_session.py``
+and ``bench/cross_domain.py``.
 
 They run each script as a command and check its one summary line: its format, and that the
 figures mean what the line says (the ratio is the quotient of the two speeds, the node's
@@ -8,6 +9,7 @@ contexts copy faster than plain ones, ...). Speed targets are never asserted her
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -120,3 +122,26 @@ def test_onnx_session_bench_times_the_session_inside_the_engine():
     # the engine runs the same session plus resizing 1000x1000 frames and post-processing them
     assert 0 < session < engine, line
     assert difference == pytest.approx(engine - session, abs=1), line
+
+
+def test_cross_domain_bench_scores_each_model_on_both_generators(tmp_path):
+    """bench/cross_domain.py at a toy size: two cohorts, two 1-epoch models, a 2x2 table."""
+    out = tmp_path / "cross.json"
+    line, err = _run_bench("cross_domain.py", "--workdir", str(tmp_path / "work"), "--preset", "ct_tiny",
+                           "--patients", "6", "--epochs", "1", "--json", str(out), timeout=600)
+    match = re.match(
+        rf"^cross-domain: v2 model on v1 {NUMBER} \(v1 model on v1 {NUMBER}, ratio {NUMBER}\); v1 model on v2 "
+        rf"{NUMBER} \(v2 model on v2 {NUMBER}, ratio {NUMBER}\); median Dice, fold 0 test patients, cpu_phantom "
+        rf"on ct_tiny$", line)
+    assert match, f"unexpected summary line: {line!r}"
+    v2_v1, v1_v1, ratio1, v1_v2, v2_v2, ratio2 = map(float, match.groups())
+    assert all(0.0 <= d <= 1.0 for d in (v2_v1, v1_v1, v1_v2, v2_v2)), line
+    assert ratio1 == pytest.approx(v2_v1 / max(v1_v1, 1e-9), abs=0.006), line
+    assert ratio2 == pytest.approx(v1_v2 / max(v2_v2, 1e-9), abs=0.006), line
+    figures = json.loads(out.read_text())
+    assert set(figures["median_dice"]) == {"v1_on_v1", "v1_on_v2", "v2_on_v1", "v2_on_v2"}
+    assert figures["frames"]["v2_on_v1"] == figures["frames"]["v1_on_v1"] > 0  # same held-out frames
+    for generator in ("v1", "v2"):  # the two cohorts differ only in their generator
+        ds = json.loads((tmp_path / "work" / f"cohort_{generator}" / "dataset.json").read_text())
+        assert ds["config"]["generator"] == {"v1": "v1", "v2": "ct"}[generator] and ds["patients"] == 6
+    assert "v1 model on v2 test frames: median Dice" in err

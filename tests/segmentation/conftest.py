@@ -81,3 +81,11 @@ def linknet_folder(tmp_path_factory) -> Path:
 def onnx_cache(tmp_path_factory) -> Path:
     """A session-wide ONNX cache dir (exports are reused across tests)."""
     return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch):
+    """Pretend the CPU has no native bf16, so ``backend: auto`` keeps ONNX Runtime fp32 on any machine."""
+    from segmentation.inference import openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "cpu_has_native_bf16", lambda cpuinfo=None: False)

@@ -70,7 +70,8 @@ def test_auto_falls_back_to_eager_with_a_warning(linknet_folder, tmp_path, monke
     with pytest.raises(InferenceError, match="export exploded"):
         InferenceEngine.from_folder(linknet_folder, backend="onnx", onnx_cache_dir=tmp_path / "c")
     with pytest.raises(InferenceError,
-                       match="unknown backend 'tensorrt'; valid backends: auto, eager, onnx, onnx-int8, bf16"):
+                       match="unknown backend 'tensorrt'; valid backends: auto, eager, onnx, onnx-int8, "
+                             "openvino-bf16, bf16"):
         InferenceEngine.from_folder(linknet_folder, backend="tensorrt")
 
 

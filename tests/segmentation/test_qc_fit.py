@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from segmentation.inference.engine import InferenceEngine
-from segmentation.qc.fit import fit_after_training
+from segmentation.qc.fit import contrast_limit, fit_after_training
 from segmentation.qc.store import QC_JSON, load_quality_model
 from tavidata.format import DatasetWriter
 from tavidata.splits import split_dataset
@@ -79,3 +79,12 @@ def test_training_hook_skips_tiny_data_sets(tmp_path):
     data = labelled_dataset(tmp_path / "data", folder, patients=4, frames=2)
     assert fit_after_training(folder, data, tmp_path / "stress", device="cpu") is None
     assert not (folder / QC_JSON).exists() and not (tmp_path / "stress").exists()
+
+
+@pytest.mark.parametrize("good", [[0.3, 0.12, 0.5], [0.2, -0.06, 0.1, -0.01], [-0.2], [0.0]])
+def test_the_no_contrast_gate_spares_every_good_held_out_frame(good):
+    """A v2 root crossing the heart shadow can be lighter than its ring (contrast -0.06) and still
+    be outlined right: the gate's limit lies below every good frame, with a margin."""
+    limit = contrast_limit(np.array(good))
+    assert limit < min(good) and limit <= -0.02
+    assert limit == pytest.approx(1.5 * min(0.0, min(good)) - 0.02)

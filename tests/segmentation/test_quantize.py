@@ -129,7 +129,7 @@ def test_int8_is_never_used_on_a_gpu(quantized, monkeypatch):
         InferenceEngine.from_folder(folder, device="cuda", backend="onnx-int8")
 
 
-def test_a_variant_of_other_weights_is_not_used(quantized, tmp_path, onnx_cache, caplog):
+def test_a_variant_of_other_weights_is_not_used(quantized, tmp_path, onnx_cache, caplog, no_native_bf16):
     folder, _ = quantized
     copy = tmp_path / "retrained"
     shutil.copytree(folder, copy)
@@ -192,7 +192,7 @@ def test_the_check_fails_targets_the_int8_model_cannot_meet(quantized, phantom):
     assert "FAILED" in failed.describe() and failed.worst_frame in failed.describe()
 
 
-def test_old_folders_without_variants_load_and_run_fp32(tmp_path, onnx_cache):
+def test_old_folders_without_variants_load_and_run_fp32(tmp_path, onnx_cache, no_native_bf16):
     folder = make_model_folder(tmp_path / "old", size=48)
     assert not (folder / VARIANTS_FILENAME).exists()
     assert json.loads((folder / "config.json").read_text())["format_version"] == 1

@@ -45,6 +45,7 @@ from tavicore.config import setting
 from tavidata.errors import DatasetError
 from tavidata.format import PAPER_PIXEL_SPACING_MM
 from training.importers.dicom_seg import SegmentationMasks, is_segmentation, read_segmentation
+from training.importers.naming import skip_unmatched
 from training.importers.output import ImportResult, staged_writer
 from training.importers.supervisely import DEFAULT_CLASS_NAMES
 
@@ -220,10 +221,7 @@ def _pair(images: dict[str, _Source], seg_paths: list[Path], config: DicomImport
         missing = [uid for uid in seg.sources if uid not in images]
         if missing:
             msg = f"{seg_path}: referenced source instance(s) {missing} not found under the source folder"
-            if not config.skip_unmatched:
-                raise DatasetError(msg + " (use --skip-unmatched to skip such SEGs)")
-            logger.warning("skipped %s", msg)
-            skipped.append(seg_path)
+            skip_unmatched(msg, seg_path, skip=config.skip_unmatched, skipped=skipped, what="SEGs")
             continue
         for uid in seg.sources:
             source = images[uid]

@@ -115,6 +115,19 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+def skip_unmatched(problem: str, path: Path, *, skip: bool, skipped: list[Path], what: str = "files") -> None:
+    """An input that cannot be imported (``problem`` names it): with ``skip`` (``--skip-unmatched``)
+    it is logged and ``path`` added to ``skipped``.
+
+    Raises:
+        DatasetError: ``problem``, unless ``skip``.
+    """
+    if not skip:
+        raise DatasetError(f"{problem} (use --skip-unmatched to skip such {what})")
+    logger.warning("skipped %s", problem)
+    skipped.append(path)
+
+
 def normalise_label(label: str) -> str:
     """A class/segment label for comparison: lower case, ``_``/``-`` as spaces, single spaces."""
     return " ".join(label.lower().replace("_", " ").replace("-", " ").split())

@@ -31,6 +31,7 @@ from training.importers.naming import (
     image_files,
     number_frames,
     parse_name,
+    skip_unmatched,
 )
 from training.importers.output import ImportResult, staged_writer
 
@@ -114,10 +115,7 @@ def import_release(
         elif mask is None:
             problem = f"{image}: no mask with the same name under {masks_root}"
         if problem is not None:
-            if not config.skip_unmatched:
-                raise DatasetError(problem + " (use --skip-unmatched to skip such files)")
-            logger.warning("skipped %s", problem)
-            skipped.append(image)
+            skip_unmatched(problem, image, skip=config.skip_unmatched, skipped=skipped)
             continue
         parsed.append((name, mask))
 

@@ -54,6 +54,7 @@ from training.importers.naming import (
     label_matches,
     number_frames,
     parse_name,
+    skip_unmatched,
 )
 from training.importers.output import ImportResult, staged_writer
 
@@ -239,10 +240,7 @@ def import_supervisely(
             elif ann is None:
                 problem = f"{image}: no annotation {image.name}.json under {dataset / 'ann'}"
             if problem is not None:
-                if not config.skip_unmatched:
-                    raise DatasetError(problem + " (use --skip-unmatched to skip such files)")
-                logger.warning("skipped %s", problem)
-                skipped.append(image)
+                skip_unmatched(problem, image, skip=config.skip_unmatched, skipped=skipped)
                 continue
             names.append(name)
             ann_of[image] = ann

@@ -382,26 +382,16 @@ def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *,
     """
     from tavidata.phantom.case import sample_patient
     from tavidata.phantom.ct.randomise import sample_ct_run
-    from tavidata.phantom.run import PhantomRun
+    from tavidata.phantom.run import PhantomRun, render_frames, run_rng
 
-    if run_index < 0:
-        raise ValueError(f"run_index must be >= 0, got {run_index}")
-    rng = np.random.default_rng([patient_seed, 2, run_index])
-    if n_frames is None:
-        n_frames = int(rng.integers(config.frames_per_run[0], config.frames_per_run[1] + 1))
-    if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    rng, n_frames = run_rng(config, patient_seed, run_index, n_frames)
     patient = sample_patient(np.random.default_rng([patient_seed, 1]), config)
     anatomy = load_anatomy(ct_dir_of(config), float(config.ct_voxel_mm))
     case = sample_ct_run(rng, config, valve=patient.valve, n_frames=n_frames, stage=stage,
                          sternal_wires=patient.sternal_wires)
     scene = build_ct_scene(rng, case, anatomy, projection_size=config.projection_size)
-    noise_rng = np.random.default_rng([patient_seed, 3, run_index])
-    size = config.size
-    frames = np.empty((n_frames, size, size), np.uint8)
-    masks = np.empty((n_frames, size, size), bool)
-    for i, t in enumerate(case.timing.frame_times):
-        frames[i], masks[i] = scene.render(t, noise_rng)
+    frames, masks = render_frames(scene, case.timing.frame_times, n_frames, (config.size, config.size),
+                                  np.random.default_rng([patient_seed, 3, run_index]))
     meta = case.describe()
     meta.update(scene.info)
     meta.update(scene.geometry.describe())
