@@ -401,6 +401,8 @@ def open_run(
     try:
         with path.open("rb") as stream:
             header = pydicom.dcmread(stream, stop_before_pixels=True, force=force)
+            for _ in header.iterall():  # convert every value now: a flipped VR or bad value fails here,
+                pass                    # not later while the outputs copy the patient and study module
             ts = _transfer_syntax(header)
             _check_kind(header)
             if ts == DeflatedExplicitVRLittleEndian:

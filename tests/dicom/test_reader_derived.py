@@ -253,5 +253,20 @@ def test_unparseable_pixel_module_values_are_decode_errors(tmp_path, damage):
     else:
         data[at + 6:at + 10] = b"\x03\x00" + data[at + 8:at + 10] + b"\x00"
     path.write_bytes(bytes(data))
-    with pytest.raises(DicomDecodeError, match=f"{path.name}: cannot read the image pixel module"):
+    with pytest.raises(DicomDecodeError, match=f"{path.name}: cannot read the DICOM header: .*0028,0102"):
+        open_run(path)  # every header value is converted when the run is opened
+
+
+def test_a_flipped_vr_outside_the_pixel_module_is_a_decode_error(tmp_path):
+    """Regression (bench.reliability): a bit flip turning PatientName's VR into ``PJ`` passed the
+    reader (values are converted lazily) and raised NotImplementedError later, while the outputs
+    copied the patient module: the node failed the run as "unexpected". Every header value is
+    now converted when the run is opened, so it is a decode error that names the tag."""
+    path = write(tmp_path, derive.xa_dataset(derive.cine(2, 16, 16), PatientName="Doe^Jane"),
+                 uid.ExplicitVRLittleEndian)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x10\x00\x10\x00PN")  # (0010,0010) Patient's Name
+    data[at + 4:at + 6] = b"PJ"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DicomDecodeError, match=r"cannot read the DICOM header: .*'PJ' in tag \(0010,0010\)"):
         open_run(path)
