@@ -2,9 +2,10 @@
 
 Within one run (reused from ``--workdir`` when already there):
 
-1. a phantom cohort (preset ``demo`` at ``--size`` px), split by patient; a small model
-   (LinkNet/ResNet-18, ``conf/train/cpu_demo.yaml`` with ``--input-size`` and ``--epochs``)
-   trained on fold 0;
+1. a phantom cohort (``--preset``, default ``ct_demo``, the v2 phantom, at ``--size`` px), split
+   by patient; a small model (LinkNet/ResNet-18, ``--train-config``, default
+   ``conf/train/cpu_demo_ct.yaml``, with ``--input-size`` and ``--epochs``) trained on fold 0
+   (the first figures in bench/RESULTS.md: ``--preset demo --train-config cpu_demo``, v1);
 2. a second phantom cohort of unseen patients (another master seed): held-out
    in-distribution frames;
 3. two stress sets (``segmentation.qc.stress``): part ``fit`` seed 0 and part ``test`` seed 1
@@ -86,7 +87,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Pat
     from training.config import load_train_config
     from training.train import load_dataset_splits, train_fold, write_model_folder
 
-    base = dataclasses.replace(load_phantom_preset("demo"), size=args.size, spacing_mm=None,
+    base = dataclasses.replace(load_phantom_preset(args.preset), size=args.size, spacing_mm=None,
                                patients=args.patients)
     cohort, unseen = work / "cohort", work / "unseen"
     if not (cohort / "manifest.csv").is_file():
@@ -96,7 +97,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Pat
     if not (unseen / "manifest.csv").is_file():
         generate_cohort(unseen, dataclasses.replace(base, seed=base.seed + 1000, patients=args.unseen_patients),
                         contact_sheet=False, overwrite=True)
-    cfg = load_train_config("cpu_demo", overrides={
+    cfg = load_train_config(args.train_config, overrides={
         "model": {"architecture": "linknet", "encoder": "resnet18", "input_size": args.input_size},
         "epochs": args.epochs, "device": "cpu", "max_train_frames": None, "max_val_frames": 32,
         "cpu_threads": args.threads,
@@ -114,7 +115,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Pat
     for part, seed in (("fit", 0), ("test", 1)):
         stress[part] = work / f"stress-{part}"
         if not (stress[part] / "manifest.csv").is_file():
-            build_stress_set(stress[part], StressSpec(seed=seed, part=part, size=args.size),
+            build_stress_set(stress[part], StressSpec(seed=seed, part=part, size=args.size, preset=args.preset),
                              samples_dir=samples, overwrite=True)
     return cohort, unseen, model, stress["fit"], stress["test"]
 
@@ -142,6 +143,10 @@ def plot(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray, float]], ba
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=REPO / "runs" / "bench-qc")
+    parser.add_argument("--preset", default="ct_demo",
+                        help="phantom preset of the cohorts and stress sets (ct_demo: v2; demo: v1, the first figures)")
+    parser.add_argument("--train-config", default="cpu_demo_ct",
+                        help="base training configuration (cpu_demo with demo)")
     parser.add_argument("--size", type=int, default=256, help="phantom frame size")
     parser.add_argument("--input-size", type=int, default=128, help="model input size")
     parser.add_argument("--epochs", type=int, default=6)

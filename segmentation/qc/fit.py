@@ -235,6 +235,13 @@ MIN_TRAIN_FRAMES = 48
 MIN_HELDOUT_FRAMES = 24
 
 
+def stress_preset(dataset_meta: dict) -> str:
+    """The phantom preset of the training hook's stress set: the generator the model was trained
+    on (a v2 data set gets v2 frames, ``ct_demo``; any other data set the v1 ``demo`` frames)."""
+    generator = ((dataset_meta or {}).get("config") or {}).get("generator")
+    return "ct_demo" if generator == "ct" else "demo"
+
+
 def fit_after_training(
     model_folder: str | Path,
     dataset_root: str | Path,
@@ -271,8 +278,8 @@ def fit_after_training(
                         MIN_HELDOUT_FRAMES, model_folder)
             return None
         engine = InferenceEngine.from_folder(model_folder, device=device, backend="eager", host_threads=0)
-        stress = build_stress_set(stress_dir, StressSpec(seed=0, part="all", runs_per_corruption=2),
-                                  samples_dir=samples_dir, overwrite=True)
+        spec = StressSpec(seed=0, part="all", runs_per_corruption=2, preset=stress_preset(dataset.meta))
+        stress = build_stress_set(stress_dir, spec, samples_dir=samples_dir, overwrite=True)
         return fit_quality_model(QualityAssessor(engine=engine, qc=None), dataset_root, [stress.root],
                                  max_train_frames=200, max_heldout_frames=200)
     except (SegmentationError, DatasetError, SplitError) as exc:

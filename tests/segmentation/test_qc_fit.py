@@ -88,3 +88,11 @@ def test_the_no_contrast_gate_spares_every_good_held_out_frame(good):
     limit = contrast_limit(np.array(good))
     assert limit < min(good) and limit <= -0.02
     assert limit == pytest.approx(1.5 * min(0.0, min(good)) - 0.02)
+
+
+def test_the_training_hook_stresses_a_model_with_frames_of_its_own_generator():
+    from segmentation.qc.fit import stress_preset
+
+    assert stress_preset({"config": {"generator": "ct"}}) == "ct_demo"
+    assert stress_preset({"config": {"generator": "v1"}}) == "demo"
+    assert stress_preset({"name": "imported", "source": "release"}) == "demo"  # real data: no generator
