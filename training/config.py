@@ -48,6 +48,10 @@ class OptimConfig:
     name: Literal["adam", "radam", "rmsprop"] = setting("adam", doc="optimizer")
     lr: float = setting(1e-3, gt=0.0, le=1.0, doc="learning rate")
     weight_decay: float = setting(0.0, ge=0.0, le=1.0, doc="L2 weight decay")
+    schedule: Literal["constant", "cosine"] = setting(
+        "constant", doc="learning rate over the epochs: constant (the paper) or cosine decay to lr * final_lr_fraction"
+    )
+    final_lr_fraction: float = setting(0.01, ge=0.0, le=1.0, doc="cosine schedule: last epoch's lr as a fraction of lr")
 
 
 @dataclass(frozen=True)

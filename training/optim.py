@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from training.config import OptimConfig
@@ -22,4 +24,24 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.O
     return OPTIMIZERS[optim.name](model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
 
 
-__all__ = ["OPTIMIZERS", "build_optimizer"]
+def epoch_lr(optim: OptimConfig, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (1-based) out of ``epochs`` under ``optim.schedule``.
+
+    Stateless (a function of the epoch number only), so a resumed run continues the same curve:
+    ``constant`` gives ``optim.lr``; ``cosine`` falls from ``optim.lr`` at epoch 1 to
+    ``optim.lr * optim.final_lr_fraction`` at the last epoch along half a cosine.
+    """
+    if optim.schedule == "constant" or epochs <= 1:
+        return optim.lr
+    low = optim.lr * optim.final_lr_fraction
+    progress = (min(max(epoch, 1), epochs) - 1) / (epochs - 1)
+    return low + (optim.lr - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+__all__ = ["OPTIMIZERS", "build_optimizer", "epoch_lr", "set_lr"]

@@ -59,7 +59,7 @@ from training.config import TrainConfig
 from training.data import EvalFrameDataset, FrameDataset, derive_seed, fold_records, get_fold, make_loader
 from training.errors import NonFiniteLossError, TrainingError
 from training.loss import SoftDiceLoss, dice_per_frame
-from training.optim import build_optimizer
+from training.optim import build_optimizer, epoch_lr, set_lr
 
 logger = logging.getLogger(__name__)
 
@@ -258,7 +258,13 @@ def evaluate(
 def config_fingerprint(cfg: TrainConfig) -> str:
     """SHA-256 of the configuration keys that change a fold's result."""
     data = to_dict(cfg)
-    for key in _VOLATILE_KEYS:
+    volatile = _VOLATILE_KEYS
+    if cfg.optim.schedule == "constant":  # runs written before schedules existed keep their fingerprint
+        for key in ("schedule", "final_lr_fraction"):
+            data["optim"].pop(key, None)
+    else:  # the curve depends on the epoch count: a longer run is another run
+        volatile = tuple(k for k in volatile if k != "epochs")
+    for key in volatile:
         data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
@@ -452,6 +458,8 @@ def train_fold(
                 epoch_seed = derive_seed(cfg.seed, fold, epoch)
                 _seed_everything(epoch_seed)
                 train_ds.set_epoch(epoch)
+                lr = epoch_lr(cfg.optim, epoch, cfg.epochs)
+                set_lr(optimizer, lr)
                 loader = make_loader(
                     train_ds, batch_size, shuffle=True, seed=epoch_seed, num_workers=cfg.num_workers,
                     pin_memory=device.type == "cuda", drop_last=len(train_ds) > batch_size,
@@ -489,14 +497,15 @@ def train_fold(
                 })
                 if improved:
                     (fold_dir / "best.next.safetensors").replace(fold_dir / "best.safetensors")
-                for name, value in (("loss/train", train_loss), ("loss/val", val_loss), ("dice/train", train_dice),
-                                    ("dice/val", val_dice), ("perf/images_per_s", result.images_per_s)):
+                for name, value in (("loss/train", train_loss), ("loss/val", val_loss),
+                                    ("dice/train", train_dice), ("dice/val", val_dice),
+                                    ("perf/images_per_s", result.images_per_s), ("optim/lr", lr)):
                     writer.add_scalar(name, value, epoch)
                 writer.flush()
                 epochs.set_postfix(val_dice=f"{val_dice:.4f}", best=f"{best_dice:.4f}@{best_epoch}")
                 logger.info(
-                    "fold %d epoch %d/%d: train loss %.4f dice %.4f | val loss %.4f dice %.4f | %.1f img/s",
-                    fold, epoch, cfg.epochs, train_loss, train_dice, val_loss, val_dice, result.images_per_s,
+                    "fold %d epoch %d/%d: train loss %.4f dice %.4f | val loss %.4f dice %.4f | %.1f img/s, lr %.2g",
+                    fold, epoch, cfg.epochs, train_loss, train_dice, val_loss, val_dice, result.images_per_s, lr,
                 )
                 if epoch_callback is not None:
                     epoch_callback(result)

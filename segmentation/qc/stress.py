@@ -3,13 +3,13 @@
 :func:`build_stress_set` writes a data set (the project's format, :mod:`tavidata.format`) of
 
 * **phantom runs under corruptions**: held-out phantom patients (their own master seed, so no
-  patient of any training cohort), ``frames_per_run`` consecutive frames per run, the same
-  corruption on every frame of a run with a severity drawn per run from mild to heavy
-  (:data:`CORRUPTIONS`): ``clean``, ``blur``, ``noise``, ``low_contrast``, ``no_contrast`` (the
-  same scene rendered before the injection: ground truth EMPTY, there is no root to see),
-  ``wrong_window`` (a narrow window that saturates the frame), ``inverted`` (MONOCHROME1 read as
-  MONOCHROME2), ``rotated`` (90/180/270 degrees), ``flipped`` (upside down), ``cropped`` (a
-  zoomed-in sub-window, mask cropped with it);
+  patient of any training cohort) of the preset's generator (v1 parametric or v2 CT),
+  ``frames_per_run`` consecutive frames per run, the same corruption on every frame of a run
+  with a severity drawn per run from mild to heavy (:data:`CORRUPTIONS`): ``clean``, ``blur``,
+  ``noise``, ``low_contrast``, ``no_contrast`` (the same scene rendered before the injection:
+  ground truth EMPTY, there is no root to see), ``wrong_window`` (a narrow window that saturates
+  the frame), ``inverted`` (MONOCHROME1 read as MONOCHROME2), ``rotated`` (90/180/270 degrees),
+  ``flipped`` (upside down), ``cropped`` (a zoomed-in sub-window, mask cropped with it);
 * **real non-TAVI X-ray runs** from the DICOM samples folder (coronary XA, cerebral XA, RF):
   ground truth EMPTY, any outline there is a failure; each frame also horizontally flipped,
   rotated by 90 degrees and contrast-stretched (other views of the same non-root anatomy).
@@ -84,6 +84,13 @@ def _phantom_run(spec: StressSpec, corruption_index: int, run: int, *, no_contra
     part_salt = PARTS.index(spec.part)
     seed = int(np.random.SeedSequence([0x57E55, spec.seed, part_salt, corruption_index, run])
                .generate_state(1, dtype=np.uint32)[0])
+    if config.generator == "ct":  # the CT generator's own run, rendered a minute early for "no contrast"
+        from tavidata.phantom.ct.run import generate_ct_run
+
+        ct_run = generate_ct_run(config, seed, 0, n_frames=spec.frames_per_run,
+                                 time_shift_s=-60.0 if no_contrast else 0.0)
+        masks = [np.zeros_like(m) if no_contrast else m for m in ct_run.masks]
+        return list(ct_run.frames), masks, float(ct_run.spacing_mm[0])
     patient = sample_patient(np.random.default_rng([seed, 1]), config)
     rng = np.random.default_rng([seed, 2, 0])
     case = sample_run(rng, config, patient, n_frames=spec.frames_per_run)

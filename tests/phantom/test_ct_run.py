@@ -128,3 +128,20 @@ def test_domain_randomisation_widens_the_ranges() -> None:
     lao_r = [sample_ct_run(np.random.default_rng(i), real, valve="evolut", n_frames=1).lao_deg for i in range(200)]
     assert 0.0 <= min(lao_r) and max(lao_r) <= 35.0
     assert min(lao_w) < -10.0 and max(lao_w) > 45.0
+
+
+def test_a_run_rendered_before_the_injection_has_no_dark_root() -> None:
+    """``time_shift_s=-60`` renders the same scene before the bolus: the root region is no darker
+    than its ring (the QC stress set's "no contrast" frames rely on it)."""
+    from tavidata.phantom.ct.run import generate_ct_run
+
+    def root_contrast(r) -> float:
+        image, mask = r.frames[1].astype(np.float32), r.masks[1]
+        ring = cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool) & ~mask
+        return float(image[ring].mean() - image[mask].mean())
+
+    seed = patient_seed(CONFIG, 10)
+    filled = generate_ct_run(CONFIG, seed, 0, stage="overview")
+    before = generate_ct_run(CONFIG, seed, 0, stage="overview", time_shift_s=-60.0)
+    assert root_contrast(filled) > root_contrast(before) + 8.0, (root_contrast(filled), root_contrast(before))
+    assert before.masks.any()  # the root is still there, only not filled

@@ -73,3 +73,17 @@ def test_without_a_samples_folder_the_command_says_what_to_pass(tmp_path, monkey
     assert build(tmp_path / "s", 0, "fit") != 0
     assert "--samples DIR" in capsys.readouterr().err
     assert not (tmp_path / "s" / "manifest.csv").exists()
+
+
+def test_a_v2_preset_draws_its_runs_from_the_ct_generator(tmp_path):
+    """With a CT preset every phantom run is a v2 run: its pixel spacing follows from the run's
+    C-arm geometry (so it differs between runs), and "no contrast" frames have empty truth."""
+    assert build(tmp_path / "v2", 0, "fit", "--no-samples", "--preset", "ct_tiny") == 0
+    assert build(tmp_path / "v2b", 0, "fit", "--no-samples", "--preset", "ct_tiny") == 0
+    assert digest(tmp_path / "v2") == digest(tmp_path / "v2b")
+    ds = Dataset.load(tmp_path / "v2")
+    clean = [r for r in ds.records if r.stage == "clean"]
+    spacing = {r.stage: r.spacing_mm for r in ds.records if r.stage not in ("cropped",)}
+    assert len(set(spacing.values())) > 3, spacing  # one geometry per run (v1: the preset's one spacing)
+    assert all(Dataset.read_mask(r).any() for r in clean)
+    assert not any(Dataset.read_mask(r).any() for r in ds.records if r.stage == "no_contrast")

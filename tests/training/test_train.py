@@ -325,3 +325,53 @@ def test_a_short_run_learns(tmp_path):
     assert len(dices) == 8
     assert max(dices) >= dices[0] + LEARNING_MARGIN, dices
     assert max(dices) >= 0.7, dices
+
+
+def test_cosine_schedule_falls_from_lr_to_its_final_fraction():
+    from training.config import OptimConfig
+    from training.optim import epoch_lr
+
+    cosine = OptimConfig(lr=1e-3, schedule="cosine", final_lr_fraction=0.01)
+    lrs = [epoch_lr(cosine, e, 8) for e in range(1, 9)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[3] == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + np.cos(np.pi * 3 / 7)))
+    assert {epoch_lr(OptimConfig(lr=1e-3), e, 8) for e in range(1, 9)} == {1e-3}
+    assert epoch_lr(cosine, 1, 1) == 1e-3  # a one-epoch run trains at lr
+
+
+def test_cosine_run_trains_at_the_schedule_and_resumes_on_it(tiny_dataset, tmp_path):
+    """The optimizer holds each epoch's scheduled rate; an interrupted cosine run resumes on the same
+    curve and ends bitwise like an uninterrupted one; a longer cosine run is another run."""
+    from training.optim import epoch_lr
+    from training.train import config_fingerprint, train_fold
+
+    cfg = load_train_config(TINY, overrides={"epochs": 3, "optim.schedule": "cosine"})
+    dataset = Dataset.load(tiny_dataset)
+    splits = load_splits(tiny_dataset / SPLITS_FILENAME)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(result):
+        if result.epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_fold(cfg, dataset, splits, 0, tmp_path / "a", epoch_callback=stop_after_first, progress=False)
+    ckpt = torch.load(tmp_path / "a" / "fold_0" / "checkpoint_last.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(cfg.optim.lr)
+    resumed = train_fold(cfg, dataset, splits, 0, tmp_path / "a", progress=False)
+    ckpt = torch.load(tmp_path / "a" / "fold_0" / "checkpoint_last.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(epoch_lr(cfg.optim, 3, 3))
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(cfg.optim.lr * 0.01)
+    straight = train_fold(cfg, dataset, splits, 0, tmp_path / "b", progress=False)
+    assert [h.val_dice for h in resumed.history] == [h.val_dice for h in straight.history]
+
+    longer = load_train_config(TINY, overrides={"epochs": 5, "optim.schedule": "cosine"})
+    assert config_fingerprint(longer) != config_fingerprint(cfg)
+    with pytest.raises(TrainingError, match="another configuration"):
+        train_fold(longer, dataset, splits, 0, tmp_path / "a", progress=False)
+    constant = load_train_config(TINY, overrides={"epochs": 3})
+    assert config_fingerprint(constant) == config_fingerprint(
+        load_train_config(TINY, overrides={"epochs": 5, "optim.final_lr_fraction": 0.5}))

@@ -368,8 +368,11 @@ __all__ = [
 
 
 def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *, n_frames: int | None = None,
-                    stage: str | None = None):
+                    stage: str | None = None, time_shift_s: float = 0.0):
     """Generate one v2 cine run (the v2 counterpart of :func:`tavidata.phantom.cohort.generate_run`).
+
+    ``time_shift_s`` renders the same scene that many seconds later (negative: before the
+    injection, e.g. -60 s for a run without contrast; the masks still show where the root is).
 
     Returns:
         A :class:`~tavidata.phantom.cohort.PhantomRun` whose ``spacing_mm`` is the isocentre
@@ -390,7 +393,8 @@ def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *,
     case = sample_ct_run(rng, config, valve=patient.valve, n_frames=n_frames, stage=stage,
                          sternal_wires=patient.sternal_wires)
     scene = build_ct_scene(rng, case, anatomy, projection_size=config.projection_size)
-    frames, masks = render_frames(scene, case.timing.frame_times, n_frames, (config.size, config.size),
+    times = tuple(t + time_shift_s for t in case.timing.frame_times)
+    frames, masks = render_frames(scene, times, n_frames, (config.size, config.size),
                                   np.random.default_rng([patient_seed, 3, run_index]))
     meta = case.describe()
     meta.update(scene.info)
