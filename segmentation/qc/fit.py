@@ -252,7 +252,8 @@ def fit_after_training(
 ) -> QualityModel | None:
     """The end-of-training hook: build a stress set and fit the folder's QC data, fail-soft.
 
-    Skipped (logged) when the data set is too small (:data:`MIN_TRAIN_FRAMES`,
+    The stress set holds the real non-TAVI samples of ``samples_dir`` (default
+    ``$TAVISEG_DICOM_SAMPLES`` when set). Skipped (logged) when the data set is too small (:data:`MIN_TRAIN_FRAMES`,
     :data:`MIN_HELDOUT_FRAMES`); a fit that cannot be made (one label class...) is logged as a
     warning and leaves the folder without QC data ("quality not available"): training itself
     never fails because of QC. Refit with ``taviseg qc fit`` (and a stress set holding the real
@@ -263,7 +264,7 @@ def fit_after_training(
     """
     from segmentation.errors import SegmentationError
     from segmentation.inference.engine import InferenceEngine
-    from segmentation.qc.stress import StressSpec, build_stress_set
+    from segmentation.qc.stress import StressSpec, build_stress_set, default_samples_dir
     from tavidata.errors import DatasetError, SplitError
 
     try:
@@ -279,7 +280,8 @@ def fit_after_training(
             return None
         engine = InferenceEngine.from_folder(model_folder, device=device, backend="eager", host_threads=0)
         spec = StressSpec(seed=0, part="all", runs_per_corruption=2, preset=stress_preset(dataset.meta))
-        stress = build_stress_set(stress_dir, spec, samples_dir=samples_dir, overwrite=True)
+        samples = samples_dir if samples_dir is not None else default_samples_dir()
+        stress = build_stress_set(stress_dir, spec, samples_dir=samples, overwrite=True)
         return fit_quality_model(QualityAssessor(engine=engine, qc=None), dataset_root, [stress.root],
                                  max_train_frames=200, max_heldout_frames=200)
     except (SegmentationError, DatasetError, SplitError) as exc:

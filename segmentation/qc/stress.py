@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,14 @@ REAL_SAMPLES: dict[str, str] = {
 PARTS = ("all", "fit", "test")
 #: Frames taken from a real multi-frame run (evenly spaced).
 REAL_FRAMES_PER_RUN = 12
+#: Environment variable naming the folder of real DICOM samples (with MANIFEST.tsv).
+SAMPLES_ENV = "TAVISEG_DICOM_SAMPLES"
+
+
+def default_samples_dir() -> Path | None:
+    """``$TAVISEG_DICOM_SAMPLES`` when set (the folder of real samples with MANIFEST.tsv), else None."""
+    env = os.environ.get(SAMPLES_ENV)
+    return Path(env) if env else None
 
 
 @dataclass(frozen=True)
@@ -209,7 +218,7 @@ def build_stress_set(out_dir: str | Path, spec: StressSpec, *, samples_dir: str 
                                spacing_mm=(sp, sp), stage=kind)
                 counts[kind] = counts.get(kind, 0) + len(frames)
         if samples_dir is None:
-            logger.warning("no DICOM samples folder: the stress set holds phantom frames only")
+            logger.warning("no DICOM samples folder ($%s unset): the stress set holds phantom frames only", SAMPLES_ENV)
         else:
             for stem, part in REAL_SAMPLES.items():
                 if spec.part not in ("all", part):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 HELP = "per-frame quality control: build the stress set, fit a model folder's QC data, show them"
@@ -19,16 +18,6 @@ Quality control of the outlines (docs/qc.md).
                                                       calibrator; writes qc.json + qc.npz into the folder
   info MODEL_FOLDER                                   the folder's QC data (or "not available")
 Real non-TAVI samples: --samples DIR, else $TAVISEG_DICOM_SAMPLES; without either, --no-samples is required."""
-
-#: Environment variable naming the folder of real DICOM samples (with MANIFEST.tsv).
-SAMPLES_ENV = "TAVISEG_DICOM_SAMPLES"
-
-
-def default_samples_dir() -> Path | None:
-    """``$TAVISEG_DICOM_SAMPLES`` when set (the folder of real samples with MANIFEST.tsv), else None."""
-    env = os.environ.get(SAMPLES_ENV)
-    return Path(env) if env else None
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``stress``/``fit``/``info`` actions."""
@@ -64,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from segmentation.qc.errors import QualityError
 
     if args.qc_command == "stress":
-        from segmentation.qc.stress import StressSpec, build_stress_set
+        from segmentation.qc.stress import SAMPLES_ENV, StressSpec, build_stress_set, default_samples_dir
 
         samples = None if args.no_samples else (args.samples or default_samples_dir())
         if samples is None and not args.no_samples:

@@ -10,7 +10,7 @@ import pytest
 from segmentation.inference.engine import InferenceEngine
 from segmentation.qc.fit import contrast_limit, fit_after_training
 from segmentation.qc.store import QC_JSON, load_quality_model
-from tavidata.format import DatasetWriter
+from tavidata.format import Dataset, DatasetWriter
 from tavidata.splits import split_dataset
 from taviseg.cli import main as taviseg_main
 from tests.segmentation.conftest import make_model_folder, smooth_frames
@@ -96,3 +96,16 @@ def test_the_training_hook_stresses_a_model_with_frames_of_its_own_generator():
     assert stress_preset({"config": {"generator": "ct"}}) == "ct_demo"
     assert stress_preset({"config": {"generator": "v1"}}) == "demo"
     assert stress_preset({"name": "imported", "source": "release"}) == "demo"  # real data: no generator
+
+
+def test_the_training_hook_puts_the_real_samples_of_the_environment_in_its_stress_set(
+        tmp_path, samples_dir, monkeypatch):
+    """`taviseg train` fits QC data through the hook: with $TAVISEG_DICOM_SAMPLES set (as in the
+    README's commands), its stress set holds the real non-TAVI runs, not phantom frames only."""
+    monkeypatch.setenv("TAVISEG_DICOM_SAMPLES", str(samples_dir))
+    folder = make_model_folder(tmp_path / "model", size=64)
+    data = labelled_dataset(tmp_path / "data", folder, patients=16, frames=8)
+    assert fit_after_training(folder, data, tmp_path / "stress", device="cpu") is not None
+    stages = {f.stage for f in Dataset.load(tmp_path / "stress").records}
+    assert "real" in stages and "clean" in stages
+    assert json.loads((folder / QC_JSON).read_text())
