@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from segmentation.errors import InferenceError, ModelError
+from segmentation.inference import cpu as cpu_mod
 from segmentation.inference import openvino_backend
 from segmentation.inference.backends import (
     Backend,
@@ -117,6 +118,21 @@ def _check_batch(mf: ModelFolder) -> np.ndarray:
     return to_model_input(check_frames(spec.input_size), input_size=spec.input_size, padded_size=spec.padded_size,
                           in_channels=spec.in_channels, normalization=spec.normalization)[0]
 
+
+
+def int8_unsafe_here(mf: ModelFolder) -> str:
+    """Why the folder's int8 variant must not run on this CPU ("" when it may): a variant with
+    signed int8 weights saturates in ONNX Runtime's u8 x s8 kernels on a CPU without VNNI or
+    AMX-INT8 (segmentation.inference.cpu); one made with unsigned weights runs anywhere."""
+    from segmentation.inference.quantize import variant_weight_type
+
+    variant = mf.variants.get(INT8_VARIANT)
+    if variant is None or variant_weight_type(variant.provenance) != "int8" or cpu_mod.cpu_has_int8_dot():
+        return ""
+    flags = ", ".join(sorted(cpu_mod.INT8_DOT_FLAGS))
+    return (f"it has signed int8 weights and this CPU has no VNNI/AMX-INT8 ({flags} absent from "
+            f"{cpu_mod.CPUINFO}), where ONNX Runtime's int8 kernels saturate; quantise again on this "
+            f"machine (`taviseg model quantize {mf.path} --calibration DATA` picks unsigned weights here)")
 
 class InferenceEngine:
     """Runs a model folder on frames; build it with :meth:`from_folder` or :meth:`from_config`."""
@@ -252,6 +268,9 @@ class InferenceEngine:
                     f"{mf.path}: backend {INT8_VARIANT!r} requested but folds {missing} have no valid int8 "
                     f"variant; make it with `taviseg model quantize {mf.path} --calibration DATA`"
                 )
+            why = int8_unsafe_here(mf)
+            if why:
+                raise InferenceError(f"{mf.path}: backend {INT8_VARIANT!r} requested but {why}")
             return {f: OnnxBackend(mf.variant_file(INT8_VARIANT, f), threads=threads, device=dev,
                                    name=INT8_VARIANT) for f in folds}, INT8_VARIANT
         if backend == "auto":
@@ -264,7 +283,10 @@ class InferenceEngine:
                     for f in folds
                 }, name
             int8 = {f: mf.variant_file(INT8_VARIANT, f) for f in folds}
-            if dev.type == "cpu" and all(p is not None for p in int8.values()):
+            unsafe = int8_unsafe_here(mf) if all(p is not None for p in int8.values()) else ""
+            if dev.type == "cpu" and unsafe:
+                logger.warning("int8 variant not used: %s", unsafe)
+            elif dev.type == "cpu" and all(p is not None for p in int8.values()):
                 try:
                     return {f: OnnxBackend(p, threads=threads, device=dev, name=INT8_VARIANT)
                             for f, p in int8.items()}, INT8_VARIANT

@@ -36,41 +36,13 @@ import torch
 
 from segmentation.errors import InferenceError
 from segmentation.inference.backends import OnnxBackend
+from segmentation.inference.cpu import CPUINFO, NATIVE_BF16_FLAGS, cpu_has_native_bf16
 from tavicore.fileio import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
 #: The engine's backend name for OpenVINO in bf16 (recorded in predict's summary and the SR).
 OPENVINO_BF16 = "openvino-bf16"
-#: /proc/cpuinfo flags of x86 CPUs that compute bf16 natively (AVX512-BF16; AMX tiles).
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-CPUINFO = Path("/proc/cpuinfo")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
-    """The CPU feature flags of the first ``flags`` line of ``cpuinfo`` (default: read /proc/cpuinfo).
-
-    Returns an empty set where there is no such file or line (not Linux, not x86).
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = CPUINFO.read_text(errors="replace")
-        except OSError:
-            return frozenset()
-    for line in cpuinfo.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU computes bf16 natively: ``avx512_bf16`` or ``amx_bf16`` among its flags.
-
-    Args:
-        cpuinfo: Text in /proc/cpuinfo's format (default: read /proc/cpuinfo).
-    """
-    return bool(cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS)
 
 
 def openvino_installed() -> bool:

@@ -5,7 +5,8 @@
 1. the fp32 ONNX export the engine runs (:func:`~segmentation.inference.backends.cached_onnx_path`);
 2. ``onnxruntime.quantization.shape_inference.quant_pre_process`` (shape inference, graph
    optimisation);
-3. ``quantize_static``: QDQ format, per-channel int8 weights, uint8 activations, ranges
+3. ``quantize_static``: QDQ format, per-channel weights (signed int8 where the CPU has VNNI or
+   AMX-INT8, unsigned elsewhere: the u8 x s8 kernels of AVX2 saturate), uint8 activations, ranges
    calibrated (MinMax by default) on frames of a data set (:class:`tavidata.format.Dataset`)
    preprocessed exactly as the engine preprocesses them
    (:func:`~segmentation.inference.preprocess.to_model_input` with the folder's spec). The node
@@ -50,7 +51,27 @@ logger = logging.getLogger(__name__)
 
 #: Name of the int8 variant in a model folder's ``variants.json``.
 INT8_VARIANT = "onnx-int8"
-METHOD = "onnxruntime quantize_static, QDQ, per-channel int8 weights, uint8 activations, after quant_pre_process"
+#: Weight types: signed int8 (u8 x s8, fastest) where the CPU has a non-saturating int8 dot product
+#: (VNNI, AMX), else unsigned (u8 x u8: the AVX2 u8 x s8 kernels saturate; segmentation.inference.cpu).
+WEIGHT_TYPES = ("int8", "uint8")
+
+
+def method_text(weight_type: str) -> str:
+    """The provenance's one-line description of how a variant was quantised."""
+    return (f"onnxruntime quantize_static, QDQ, per-channel {weight_type} weights, uint8 activations, "
+            "after quant_pre_process")
+
+
+def default_weight_type() -> str:
+    """``int8`` on a CPU with VNNI/AMX-INT8, else ``uint8`` (see :data:`WEIGHT_TYPES`)."""
+    from segmentation.inference.cpu import cpu_has_int8_dot
+
+    return "int8" if cpu_has_int8_dot() else "uint8"
+
+
+def variant_weight_type(provenance: dict[str, Any]) -> str:
+    """The weight type a variant was made with (variants from before the choice: ``int8``)."""
+    return str(provenance.get("weight_type", "int8"))
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -80,6 +101,8 @@ class QuantizeSettings:
     #: Operator types quantised (None: every type ONNX Runtime can quantise; ("Conv",): only the
     #: convolutions, the element-wise operations between them staying in float).
     op_types: tuple[str, ...] | None = None
+    #: ``int8`` or ``uint8`` weights; None: :func:`default_weight_type` (by this CPU's flags).
+    weight_type: Literal["int8", "uint8"] | None = None
     seed: int = 0
     threads: int = 0
 
@@ -88,6 +111,8 @@ class QuantizeSettings:
             raise QuantizationError(
                 f"calibrate_method {self.calibrate_method!r}; valid: {', '.join(CALIBRATION_METHODS)}"
             )
+        if self.weight_type is not None and self.weight_type not in WEIGHT_TYPES:
+            raise QuantizationError(f"weight_type {self.weight_type!r}; valid: {', '.join(WEIGHT_TYPES)}")
         if self.calibration_frames < 1 or self.check_frames < 1 or self.batch_size < 1:
             raise QuantizationError(
                 f"calibration_frames, check_frames and batch_size must be >= 1, got "
@@ -283,7 +308,8 @@ class _DropQuantizerInfo(logging.Filter):
 
 
 def quantize_onnx(
-    fp32_path: Path, out_path: Path, batches: list[np.ndarray], settings: QuantizeSettings, work_dir: Path
+    fp32_path: Path, out_path: Path, batches: list[np.ndarray], settings: QuantizeSettings, work_dir: Path,
+    weight_type: str = "int8",
 ) -> dict[str, Any]:
     """Pre-process and statically quantise one fp32 ONNX file to ``out_path``.
 
@@ -329,7 +355,8 @@ def quantize_onnx(
         quantize_static(
             str(pre), str(out_path), _Batches(ONNX_INPUT, batches),
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
             calibrate_method=methods[settings.calibrate_method], nodes_to_exclude=exclude,
             op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
             extra_options={"CalibStridedMinMax": 1},  # one batch at a time, ranges merged
@@ -444,6 +471,7 @@ def quantize_model_folder(
         "method": settings.calibrate_method,
         "folds": {},
     }
+    weight_type = settings.weight_type or default_weight_type()
     report = QuantizeReport(folder=mf.path, variant=INT8_VARIANT, checks=[], calibration=calibration_info)
     outputs: dict[int, bytes] = {}
     # ONNX tooling called by the quantiser writes the external tensor data of large models
@@ -459,7 +487,7 @@ def quantize_model_folder(
             work.mkdir()
             out = work / "int8.onnx"
             t_fold = time.perf_counter()
-            done = quantize_onnx(fp32_path, out, model_batches(mf, cal_images, 1), settings, work)
+            done = quantize_onnx(fp32_path, out, model_batches(mf, cal_images, 1), settings, work, weight_type)
             t_quant = time.perf_counter() - t_fold
             check = check_fold(mf, fold, out, check_images, check_masks, [r.frame_id for r in held_out], settings)
             logger.info("%s (quantised in %.0f s)", check.describe(), t_quant)
@@ -489,7 +517,8 @@ def quantize_model_folder(
             f"{mf.path}: int8 variant not written, the accuracy check failed: {' | '.join(failed)}", report
         )
     provenance = {
-        "method": METHOD,
+        "method": method_text(weight_type),
+        "weight_type": weight_type,
         "calibration": calibration_info,
         "settings": dataclasses.asdict(settings),
         "versions": versions(),

@@ -15,13 +15,9 @@ from segmentation.inference import engine as engine_mod
 from segmentation.inference import openvino_backend
 from segmentation.inference.backends import OnnxBackend
 from segmentation.inference.config import PostprocessConfig, load_inference_config
+from segmentation.inference.cpu import cpu_flags, cpu_has_native_bf16
 from segmentation.inference.engine import InferenceEngine
-from segmentation.inference.openvino_backend import (
-    OPENVINO_BF16,
-    OpenVinoBackend,
-    cpu_flags,
-    cpu_has_native_bf16,
-)
+from segmentation.inference.openvino_backend import OPENVINO_BF16, OpenVinoBackend
 from segmentation.metrics import dice
 from tests.segmentation.conftest import smooth_frames
 

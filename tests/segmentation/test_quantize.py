@@ -23,6 +23,7 @@ from segmentation.inference.quantize import (
     AccuracyCheckError,
     QuantizationError,
     QuantizeSettings,
+    default_weight_type,
     quantize_model_folder,
 )
 from segmentation.metrics import dice
@@ -84,8 +85,11 @@ def test_quantize_writes_the_variant_with_provenance(quantized, phantom):
     model = onnx.load(str(path))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > ops.count("QuantizeLinear")
-    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
-    assert len(int8_weights) > 10
+    # signed weights where this CPU has VNNI/AMX-INT8, unsigned elsewhere (AVX2's u8 x s8 saturates)
+    assert variant.provenance["weight_type"] == default_weight_type()
+    assert f"per-channel {default_weight_type()} weights" in prov["method"]
+    want = onnx.TensorProto.INT8 if default_weight_type() == "int8" else onnx.TensorProto.UINT8
+    assert len([t for t in model.graph.initializer if t.data_type == want]) > 10
     head = [n for n in model.graph.node if "logits" in n.output]
     assert head and head[0].op_type == "Conv" and fold["nodes_kept_float"] == [head[0].name]
 
@@ -244,3 +248,39 @@ def test_the_sr_records_the_model_variant():
     plain = build_measurement_report(ds, seg, measure_frames(masks, [1, 2]), calibration=calibrate(ds),
                                      series_number=902, series_description="AI", **names)
     assert "model variant:" not in str(plain)
+
+
+def test_the_weight_type_follows_the_cpu_int8_dot_product():
+    from segmentation.inference.cpu import cpu_has_int8_dot
+
+    def cpuinfo(flags):
+        return f"processor\t: 0\nflags\t\t: {flags}\n"
+
+    assert not cpu_has_int8_dot(cpuinfo("fpu sse2 avx avx2 fma"))  # AVX2: u8 x s8 saturates
+    assert not cpu_has_int8_dot(cpuinfo("avx2 avx512f avx512bw"))  # AVX-512 without VNNI too
+    assert cpu_has_int8_dot(cpuinfo("avx2 avx512f avx512_vnni"))
+    assert cpu_has_int8_dot(cpuinfo("avx2 avx_vnni")) and cpu_has_int8_dot(cpuinfo("amx_int8"))
+    with pytest.raises(QuantizationError, match="weight_type 'int4'"):
+        QuantizeSettings(weight_type="int4")
+
+
+def test_a_signed_int8_variant_does_not_run_on_a_cpu_that_would_saturate(
+        quantized, tmp_path, onnx_cache, caplog, monkeypatch, no_native_bf16):
+    """A variant made with signed weights on a VNNI machine and copied to an AVX2 one: auto runs
+    fp32 there and says why; an explicit onnx-int8 is refused naming the remedy."""
+    from segmentation.inference import cpu as cpu_mod
+
+    folder, _ = quantized
+    copy = tmp_path / "from-a-vnni-machine"
+    shutil.copytree(folder, copy)
+    listing = json.loads((copy / VARIANTS_FILENAME).read_text())
+    listing["variants"][INT8_VARIANT]["provenance"]["weight_type"] = "int8"
+    (copy / VARIANTS_FILENAME).write_text(json.dumps(listing))
+    monkeypatch.setattr(cpu_mod, "cpu_has_int8_dot", lambda cpuinfo=None: False)
+    with caplog.at_level(logging.WARNING):
+        engine = InferenceEngine.from_folder(copy, device="cpu", backend="auto", onnx_cache_dir=onnx_cache)
+    assert engine.backend_name == "onnx" and "int8 variant not used" in caplog.text
+    with pytest.raises(InferenceError, match="signed int8 weights and this CPU has no VNNI"):
+        InferenceEngine.from_folder(copy, device="cpu", backend="onnx-int8")
+    monkeypatch.setattr(cpu_mod, "cpu_has_int8_dot", lambda cpuinfo=None: True)
+    assert InferenceEngine.from_folder(copy, device="cpu", backend="auto").backend_name == INT8_VARIANT

@@ -168,6 +168,16 @@ def test_finished_fold_is_skipped(tiny_run, tiny_dataset):
     assert (out / "fold_0" / "history.csv").read_text() == before
 
 
+
+class Stop(Exception):
+    """Raised by :func:`stop_after_first` (as optuna.TrialPruned would be)."""
+
+
+def stop_after_first(result):
+    """Epoch callback that interrupts a run after its first epoch."""
+    if result.epoch == 1:
+        raise Stop
+
 def test_callback_interruption_then_resume_equals_uninterrupted_run(tiny_run, tiny_dataset, tmp_path):
     """An exception from the epoch callback (e.g. optuna.TrialPruned) propagates after the
     epoch's state is saved; the same call then resumes and ends bitwise like an uninterrupted run."""
@@ -178,14 +188,6 @@ def test_callback_interruption_then_resume_equals_uninterrupted_run(tiny_run, ti
     cfg, ref_out, _model = tiny_run
     dataset = Dataset.load(tiny_dataset)
     splits = load_splits(tiny_dataset / SPLITS_FILENAME)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(result):
-        if result.epoch == 1:
-            raise Stop
-
     with pytest.raises(Stop):
         train_fold(cfg, dataset, splits, 0, tmp_path, epoch_callback=stop_after_first, progress=False)
     checkpoint = torch.load(tmp_path / "fold_0" / "checkpoint_last.pt", weights_only=True)
@@ -349,14 +351,6 @@ def test_cosine_run_trains_at_the_schedule_and_resumes_on_it(tiny_dataset, tmp_p
     cfg = load_train_config(TINY, overrides={"epochs": 3, "optim.schedule": "cosine"})
     dataset = Dataset.load(tiny_dataset)
     splits = load_splits(tiny_dataset / SPLITS_FILENAME)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_first(result):
-        if result.epoch == 1:
-            raise Stop
-
     with pytest.raises(Stop):
         train_fold(cfg, dataset, splits, 0, tmp_path / "a", epoch_callback=stop_after_first, progress=False)
     ckpt = torch.load(tmp_path / "a" / "fold_0" / "checkpoint_last.pt", weights_only=True)
