@@ -213,10 +213,18 @@ class ConnectionGuard:
             entry = self._pending.get(key)
             return 0.0 if entry is None else max(entry[1] + self.deadline_s - time.monotonic(), 0.0)
 
-    def authenticated(self, key: int) -> None:
-        """The connection's association was accepted: no longer pending."""
+    def authenticated(self, key: int, sock: socket.socket | None = None) -> None:
+        """The connection's association was accepted (or it ended): no longer pending.
+
+        Keys are file descriptors, which the OS hands to the next connection as soon as one is
+        closed: with ``sock`` (the connection's socket, as admitted or replaced), only the entry
+        of that very socket is removed, so a late call for a closed connection cannot take a
+        newer connection on the same descriptor off the guard (it would then never be closed).
+        """
         with self._lock:
-            self._pending.pop(key, None)
+            entry = self._pending.get(key)
+            if entry is not None and (sock is None or entry[2] is sock):
+                del self._pending[key]
 
     closed = authenticated
 
@@ -311,7 +319,7 @@ class NodeServer(ThreadedAssociationServer):
             request.settimeout(self.network_timeout)
             self.finish_request(request, client_address)
         except Exception as exc:
-            self.guard.closed(key)
+            self.guard.closed(key, request)
             logger.warning("connection from %s failed: %s: %s", host, type(exc).__name__, exc)
             logger.debug("connection from %s failed", host, exc_info=exc)
             self.shutdown_request(request)
@@ -320,7 +328,7 @@ class NodeServer(ThreadedAssociationServer):
         try:
             tls = self.tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as exc:
-            self.guard.closed(key)
+            self.guard.closed(key, raw)
             logger.warning("TLS connection from %s failed before the handshake: %s", host, exc)
             self.on_rejected("tls-handshake", host)
             raw.close()
@@ -342,7 +350,7 @@ class NodeServer(ThreadedAssociationServer):
             tls.do_handshake()
             self.guard.progress(key)
         except (OSError, ValueError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            self.guard.closed(key)
+            self.guard.closed(key, tls)
             logger.warning("TLS handshake with %s failed: %s", host, str(exc)[:200] or type(exc).__name__)
             self.on_rejected("tls-handshake", host)
             try:
@@ -661,7 +669,8 @@ class StorageSCP:
         self.limiter: ReceiveLimiter | None = None
         self._slots: dict[int, tuple[str, object]] = {}  # id(assoc) -> (calling AE, assoc)
         self._slots_lock = threading.Lock()
-        self._conn_keys: dict[int, tuple[int, object]] = {}  # id(assoc) -> (fd: the guard's key, assoc)
+        # id(assoc) -> (fd: the guard's key, assoc, the connection's socket)
+        self._conn_keys: dict[int, tuple[int, object, socket.socket]] = {}
 
     def _resolve_hosts(self) -> None:
         """Turn every ``hosts`` entry into IP networks (names resolved now; a failure is logged
@@ -857,17 +866,17 @@ class StorageSCP:
         if sock is not None:
             with self._slots_lock:
                 if len(self._conn_keys) > 256:  # associations that ended without EVT_CONN_CLOSE
-                    for key, (_, other) in list(self._conn_keys.items()):
+                    for key, (_, other, _) in list(self._conn_keys.items()):
                         if not other.is_alive():
                             del self._conn_keys[key]
-                self._conn_keys[id(event.assoc)] = (sock.fileno(), event.assoc)
+                self._conn_keys[id(event.assoc)] = (sock.fileno(), event.assoc, sock)
 
     def _on_closed(self, event: Event) -> None:
         with self._slots_lock:
             self._slots.pop(id(event.assoc), None)
             entry = self._conn_keys.pop(id(event.assoc), None)
         if self.guard is not None and entry is not None:
-            self.guard.closed(entry[0])
+            self.guard.closed(entry[0], entry[2])
         if self.limiter is not None:
             self.limiter.forget(event.assoc)
 
@@ -908,7 +917,7 @@ class StorageSCP:
         with self._slots_lock:
             entry = self._conn_keys.get(id(assoc))
         if self.guard is not None and entry is not None:
-            self.guard.authenticated(entry[0])
+            self.guard.authenticated(entry[0], entry[2])
 
     def _on_accepted(self, event: Event) -> None:
         self.metrics.associations.labels(result="accepted").inc()

@@ -526,6 +526,31 @@ def test_the_guard_closes_stalled_connections_first_and_spares_progressing_ones(
             b.close()
 
 
+
+def test_a_late_close_of_an_old_connection_spares_a_new_one_on_the_same_descriptor():
+    """The guard's keys are file descriptors, which the OS reuses at once: the old connection's
+    thread reporting its end after a newcomer got its descriptor must not take the newcomer off
+    the guard (it would never be evicted or expired: seen as a flaky crowd test under load)."""
+    from dicom_node.scp import ConnectionGuard
+
+    guard = ConnectionGuard(per_host=8, total=10, deadline_s=60)
+    old, old_peer = socket.socketpair()
+    new, new_peer = socket.socketpair()
+    try:
+        fd = old.fileno()
+        guard.admit(fd, "h", old)
+        guard.admit(fd, "h", new)  # the OS gave the newcomer the old one's descriptor
+        guard.closed(fd, old)  # the old connection's thread, late
+        assert guard.pending("h") == 1
+        guard.deadline_s = 0.0
+        assert guard.expire() == 1 and new_peer.recv(10) == b""  # still guarded: closed at its deadline
+        guard.admit(fd, "h", new)
+        guard.authenticated(fd, new)  # the connection's own report removes it
+        assert guard.pending("h") == 0
+    finally:
+        for s in (old, old_peer, new, new_peer):
+            s.close()
+
 def test_p_data_longer_than_the_advertised_maximum_is_refused(start_node):
     node = start_node(limits={"max_pdu_size": 16384})
     assert send(node.scp.port, [make_xa(frames=16, size=512, seed=60)]) == [0]  # peers that respect it
