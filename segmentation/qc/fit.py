@@ -264,7 +264,7 @@ def fit_after_training(
     """
     from segmentation.errors import SegmentationError
     from segmentation.inference.engine import InferenceEngine
-    from segmentation.qc.stress import StressSpec, build_stress_set, default_samples_dir
+    from segmentation.qc.stress import REAL_SAMPLES, StressSpec, build_stress_set, default_samples_dir
     from tavidata.errors import DatasetError, SplitError
 
     try:
@@ -281,6 +281,10 @@ def fit_after_training(
         engine = InferenceEngine.from_folder(model_folder, device=device, backend="eager", host_threads=0)
         spec = StressSpec(seed=0, part="all", runs_per_corruption=2, preset=stress_preset(dataset.meta))
         samples = samples_dir if samples_dir is not None else default_samples_dir()
+        missing = [] if samples is None else [s for s in REAL_SAMPLES if not (Path(samples) / f"{s}.dcm").is_file()]
+        if missing:
+            logger.warning("QC stress set without real samples: %s lacks %s", samples, ", ".join(missing))
+            samples = None
         stress = build_stress_set(stress_dir, spec, samples_dir=samples, overwrite=True)
         return fit_quality_model(QualityAssessor(engine=engine, qc=None), dataset_root, [stress.root],
                                  max_train_frames=200, max_heldout_frames=200)

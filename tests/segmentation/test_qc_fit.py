@@ -109,3 +109,17 @@ def test_the_training_hook_puts_the_real_samples_of_the_environment_in_its_stres
     stages = {f.stage for f in Dataset.load(tmp_path / "stress").records}
     assert "real" in stages and "clean" in stages
     assert json.loads((folder / QC_JSON).read_text())
+
+
+def test_a_samples_folder_without_the_stress_files_still_gives_qc_data(tmp_path, monkeypatch, caplog):
+    """$TAVISEG_DICOM_SAMPLES naming some other folder: the hook fits on phantom frames only and
+    says which files were missing, instead of leaving the model without QC data."""
+    other = tmp_path / "other-samples"
+    other.mkdir()
+    monkeypatch.setenv("TAVISEG_DICOM_SAMPLES", str(other))
+    folder = make_model_folder(tmp_path / "model", size=64)
+    data = labelled_dataset(tmp_path / "data", folder, patients=16, frames=8)
+    with caplog.at_level("WARNING"):
+        assert fit_after_training(folder, data, tmp_path / "stress", device="cpu") is not None
+    assert "without real samples" in caplog.text and "rubo_0002_XA_jpegbaseline_96f" in caplog.text
+    assert "real" not in {f.stage for f in Dataset.load(tmp_path / "stress").records}
