@@ -119,7 +119,6 @@ def _check_batch(mf: ModelFolder) -> np.ndarray:
                           in_channels=spec.in_channels, normalization=spec.normalization)[0]
 
 
-
 def int8_unsafe_here(mf: ModelFolder) -> str:
     """Why the folder's int8 variant must not run on this CPU ("" when it may): a variant with
     signed int8 weights saturates in ONNX Runtime's u8 x s8 kernels on a CPU without VNNI or
@@ -133,6 +132,7 @@ def int8_unsafe_here(mf: ModelFolder) -> str:
     return (f"it has signed int8 weights and this CPU has no VNNI/AMX-INT8 ({flags} absent from "
             f"{cpu_mod.CPUINFO}), where ONNX Runtime's int8 kernels saturate; quantise again on this "
             f"machine (`taviseg model quantize {mf.path} --calibration DATA` picks unsigned weights here)")
+
 
 class InferenceEngine:
     """Runs a model folder on frames; build it with :meth:`from_folder` or :meth:`from_config`."""
@@ -283,15 +283,16 @@ class InferenceEngine:
                     for f in folds
                 }, name
             int8 = {f: mf.variant_file(INT8_VARIANT, f) for f in folds}
-            unsafe = int8_unsafe_here(mf) if all(p is not None for p in int8.values()) else ""
-            if dev.type == "cpu" and unsafe:
-                logger.warning("int8 variant not used: %s", unsafe)
-            elif dev.type == "cpu" and all(p is not None for p in int8.values()):
-                try:
-                    return {f: OnnxBackend(p, threads=threads, device=dev, name=INT8_VARIANT)
-                            for f, p in int8.items()}, INT8_VARIANT
-                except InferenceError as exc:
-                    logger.warning("int8 variant unusable (%s); running the fp32 export", exc)
+            if dev.type == "cpu" and all(p is not None for p in int8.values()):
+                unsafe = int8_unsafe_here(mf)
+                if unsafe:
+                    logger.warning("int8 variant not used: %s", unsafe)
+                else:
+                    try:
+                        return {f: OnnxBackend(p, threads=threads, device=dev, name=INT8_VARIANT)
+                                for f, p in int8.items()}, INT8_VARIANT
+                    except InferenceError as exc:
+                        logger.warning("int8 variant unusable (%s); running the fp32 export", exc)
             try:
                 paths = {f: cached_onnx_path(mf, f, cache_dir) for f in folds}
                 if dev.type == "cpu":

@@ -308,8 +308,7 @@ class _DropQuantizerInfo(logging.Filter):
 
 
 def quantize_onnx(
-    fp32_path: Path, out_path: Path, batches: list[np.ndarray], settings: QuantizeSettings, work_dir: Path,
-    weight_type: str = "int8",
+    fp32_path: Path, out_path: Path, batches: list[np.ndarray], settings: QuantizeSettings, work_dir: Path
 ) -> dict[str, Any]:
     """Pre-process and statically quantise one fp32 ONNX file to ``out_path``.
 
@@ -356,7 +355,7 @@ def quantize_onnx(
             str(pre), str(out_path), _Batches(ONNX_INPUT, batches),
             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8 if weight_type == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QUInt8 if settings.weight_type == "uint8" else QuantType.QInt8,
             calibrate_method=methods[settings.calibrate_method], nodes_to_exclude=exclude,
             op_types_to_quantize=list(settings.op_types) if settings.op_types else None,
             extra_options={"CalibStridedMinMax": 1},  # one batch at a time, ranges merged
@@ -452,6 +451,7 @@ def quantize_model_folder(
 
     t0 = time.perf_counter()
     settings = settings or QuantizeSettings()
+    settings = dataclasses.replace(settings, weight_type=settings.weight_type or default_weight_type())
     # absolute paths: the work below runs inside a temporary folder (see the chdir there)
     mf = folder if isinstance(folder, ModelFolder) else load_model_folder(Path(folder).resolve())
     if not Path(mf.path).is_absolute():
@@ -471,7 +471,6 @@ def quantize_model_folder(
         "method": settings.calibrate_method,
         "folds": {},
     }
-    weight_type = settings.weight_type or default_weight_type()
     report = QuantizeReport(folder=mf.path, variant=INT8_VARIANT, checks=[], calibration=calibration_info)
     outputs: dict[int, bytes] = {}
     # ONNX tooling called by the quantiser writes the external tensor data of large models
@@ -487,7 +486,7 @@ def quantize_model_folder(
             work.mkdir()
             out = work / "int8.onnx"
             t_fold = time.perf_counter()
-            done = quantize_onnx(fp32_path, out, model_batches(mf, cal_images, 1), settings, work, weight_type)
+            done = quantize_onnx(fp32_path, out, model_batches(mf, cal_images, 1), settings, work)
             t_quant = time.perf_counter() - t_fold
             check = check_fold(mf, fold, out, check_images, check_masks, [r.frame_id for r in held_out], settings)
             logger.info("%s (quantised in %.0f s)", check.describe(), t_quant)
@@ -517,8 +516,8 @@ def quantize_model_folder(
             f"{mf.path}: int8 variant not written, the accuracy check failed: {' | '.join(failed)}", report
         )
     provenance = {
-        "method": method_text(weight_type),
-        "weight_type": weight_type,
+        "method": method_text(settings.weight_type),
+        "weight_type": settings.weight_type,
         "calibration": calibration_info,
         "settings": dataclasses.asdict(settings),
         "versions": versions(),

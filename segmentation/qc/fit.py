@@ -253,18 +253,18 @@ def fit_after_training(
     """The end-of-training hook: build a stress set and fit the folder's QC data, fail-soft.
 
     The stress set holds the real non-TAVI samples of ``samples_dir`` (default
-    ``$TAVISEG_DICOM_SAMPLES`` when set). Skipped (logged) when the data set is too small (:data:`MIN_TRAIN_FRAMES`,
-    :data:`MIN_HELDOUT_FRAMES`); a fit that cannot be made (one label class...) is logged as a
-    warning and leaves the folder without QC data ("quality not available"): training itself
-    never fails because of QC. Refit with ``taviseg qc fit`` (and a stress set holding the real
-    samples) at any time.
+    ``$TAVISEG_DICOM_SAMPLES`` when set; a folder without them is named in a warning). Skipped
+    (logged) when the data set is too small (:data:`MIN_TRAIN_FRAMES`, :data:`MIN_HELDOUT_FRAMES`);
+    a fit that cannot be made (one label class...) is logged as a warning and leaves the folder
+    without QC data ("quality not available"): training itself never fails because of QC.
+    Refit with ``taviseg qc fit`` (and a stress set holding the real samples) at any time.
 
     Returns:
         The fitted QC data, or None when skipped or failed.
     """
     from segmentation.errors import SegmentationError
     from segmentation.inference.engine import InferenceEngine
-    from segmentation.qc.stress import REAL_SAMPLES, StressSpec, build_stress_set, default_samples_dir
+    from segmentation.qc.stress import StressSpec, build_stress_set, default_samples_dir, missing_real_samples
     from tavidata.errors import DatasetError, SplitError
 
     try:
@@ -281,9 +281,10 @@ def fit_after_training(
         engine = InferenceEngine.from_folder(model_folder, device=device, backend="eager", host_threads=0)
         spec = StressSpec(seed=0, part="all", runs_per_corruption=2, preset=stress_preset(dataset.meta))
         samples = samples_dir if samples_dir is not None else default_samples_dir()
-        missing = [] if samples is None else [s for s in REAL_SAMPLES if not (Path(samples) / f"{s}.dcm").is_file()]
+        missing = [] if samples is None else missing_real_samples(samples)
         if missing:
-            logger.warning("QC stress set without real samples: %s lacks %s", samples, ", ".join(missing))
+            logger.warning("QC stress set without real samples: %s lacks %s", samples,
+                           ", ".join(p.name for p in missing))
             samples = None
         stress = build_stress_set(stress_dir, spec, samples_dir=samples, overwrite=True)
         return fit_quality_model(QualityAssessor(engine=engine, qc=None), dataset_root, [stress.root],

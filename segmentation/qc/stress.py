@@ -65,6 +65,12 @@ def default_samples_dir() -> Path | None:
     return Path(env) if env else None
 
 
+def missing_real_samples(samples_dir: str | Path, part: str = "all") -> list[Path]:
+    """The files of :data:`REAL_SAMPLES` (of ``part``) that ``samples_dir`` lacks."""
+    return [Path(samples_dir) / f"{stem}.dcm" for stem, p in REAL_SAMPLES.items()
+            if part in ("all", p) and not (Path(samples_dir) / f"{stem}.dcm").is_file()]
+
+
 @dataclass(frozen=True)
 class StressSpec:
     """What to build: seed, part, phantom size and preset, runs per corruption, frames per run."""
@@ -220,12 +226,12 @@ def build_stress_set(out_dir: str | Path, spec: StressSpec, *, samples_dir: str 
         if samples_dir is None:
             logger.warning("no DICOM samples folder ($%s unset): the stress set holds phantom frames only", SAMPLES_ENV)
         else:
+            missing = missing_real_samples(samples_dir, spec.part)
+            if missing:
+                raise QualityError(f"{missing[0]}: real sample missing from the samples folder")
             for stem, part in REAL_SAMPLES.items():
                 if spec.part not in ("all", part):
                     continue
-                path = Path(samples_dir) / f"{stem}.dcm"
-                if not path.is_file():
-                    raise QualityError(f"{path}: real sample missing from the samples folder")
                 frames = _real_frames(Path(samples_dir), stem)
                 n = 0
                 for i, frame in enumerate(frames):

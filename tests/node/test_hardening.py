@@ -526,7 +526,6 @@ def test_the_guard_closes_stalled_connections_first_and_spares_progressing_ones(
             b.close()
 
 
-
 def test_a_late_close_of_an_old_connection_spares_a_new_one_on_the_same_descriptor():
     """The guard's keys are file descriptors, which the OS reuses at once: the old connection's
     thread reporting its end after a newcomer got its descriptor must not take the newcomer off
@@ -550,6 +549,7 @@ def test_a_late_close_of_an_old_connection_spares_a_new_one_on_the_same_descript
     finally:
         for s in (old, old_peer, new, new_peer):
             s.close()
+
 
 def test_p_data_longer_than_the_advertised_maximum_is_refused(start_node):
     node = start_node(limits={"max_pdu_size": 16384})
