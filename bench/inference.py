@@ -303,6 +303,7 @@ def run_variants(args: argparse.Namespace) -> int:
                 report, t_q = timed(quantize_model_folder, folder, root, folds=[fold], onnx_cache_dir=cache,
                                     rejected_dir=rejected_dir)
                 check_line = report.checks[0].describe()
+                folder = load_model_folder(folder.path)  # the variant was written after this folder was read
             except AccuracyCheckError as exc:  # still timed, and reported as refused
                 rejected, check_line = exc.report.files[fold], exc.report.checks[0].describe()
             print(f"  {arch}/{encoder}: quantised: {check_line}", file=sys.stderr)

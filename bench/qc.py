@@ -8,6 +8,9 @@ Within one run (reused from ``--workdir`` when already there):
    (the first figures in bench/RESULTS.md: ``--preset demo --train-config cpu_demo``, v1);
 2. a second phantom cohort of unseen patients (another master seed): held-out
    in-distribution frames;
+   With ``--model DIR --data DATASET`` (e.g. the CPU recipe's ``runs/ct/model`` and
+   ``data/ct_train``) that trained model is assessed instead (a copy: its QC data are refitted
+   in the work folder), and the unseen patients come from the data set's own configuration;
 3. two stress sets (``segmentation.qc.stress``): part ``fit`` seed 0 and part ``test`` seed 1
    (other phantom patients, other real sample files);
 4. the QC data fitted (``segmentation.qc.fit``) on the model's training frames, fold 0's
@@ -25,6 +28,8 @@ Prints ONE summary line on stdout::
 
     nice -n 10 .venv/bin/python bench/qc.py [--workdir runs/bench-qc --size 256 --input-size 128
                                              --epochs 6 --patients 16 --json out.json]
+    nice -n 10 .venv/bin/python bench/qc.py --model runs/ct/model --data data/ct_train \
+        --workdir runs/bench-qc-recipe
 """
 
 from __future__ import annotations
@@ -80,6 +85,44 @@ def samples_dir() -> Path | None:
     return path if (path / "MANIFEST.tsv").is_file() else None
 
 
+def prepare_trained(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Path, Path]:
+    """``--model``/``--data``: a copy of the trained folder (its QC data are refitted there, the
+    original is left alone), unseen patients of the data set's own phantom configuration (another
+    master seed), and stress sets of its generator at its frame size."""
+    import shutil
+
+    from segmentation.qc.fit import stress_preset
+    from tavicore.config import from_dict
+    from tavidata.phantom import PhantomConfig, generate_cohort
+
+    meta = Dataset.load(args.data).meta
+    if not (meta.get("config") or {}).get("generator"):
+        raise SystemExit(f"bench qc: {args.data} is not a phantom data set (no generator in dataset.json)")
+    base = from_dict(PhantomConfig, meta["config"], source=f"{args.data}/dataset.json")
+    model = work / "model"
+    if not (model / "config.json").is_file():
+        shutil.copytree(args.model, model, dirs_exist_ok=True)
+    unseen = work / "unseen"
+    if not (unseen / "manifest.csv").is_file():
+        generate_cohort(unseen, dataclasses.replace(base, seed=base.seed + 1000, patients=args.unseen_patients,
+                                                    total_frames=None),
+                        contact_sheet=False, overwrite=True)
+    stress = build_stress_sets(work, stress_preset(meta), base.size)
+    return Path(args.data), unseen, model, stress["fit"], stress["test"]
+
+
+def build_stress_sets(work: Path, preset: str, size: int) -> dict[str, Path]:
+    """The ``fit`` (seed 0) and ``test`` (seed 1) stress sets, each reused when present."""
+    samples = samples_dir()
+    stress = {}
+    for part, seed in (("fit", 0), ("test", 1)):
+        stress[part] = work / f"stress-{part}"
+        if not (stress[part] / "manifest.csv").is_file():
+            build_stress_set(stress[part], StressSpec(seed=seed, part=part, size=size, preset=preset),
+                             samples_dir=samples, overwrite=True)
+    return stress
+
+
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Path, Path]:
     """Cohorts, model, stress sets (each reused when present)."""
     from tavidata.phantom import generate_cohort, load_phantom_preset
@@ -87,6 +130,8 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Pat
     from training.config import load_train_config
     from training.train import load_dataset_splits, train_fold, write_model_folder
 
+    if args.model is not None:
+        return prepare_trained(args, work)
     base = dataclasses.replace(load_phantom_preset(args.preset), size=args.size, spacing_mm=None,
                                patients=args.patients)
     cohort, unseen = work / "cohort", work / "unseen"
@@ -110,13 +155,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Path, Path, Path, Pat
         train_fold(cfg, dataset, splits, 0, work / "train", progress=False)  # no QC hook: fitted below
         model = write_model_folder(cfg, dataset, splits, sha, work / "train")
         logger.info("trained in %.0f s", time.perf_counter() - t0)
-    samples = samples_dir()
-    stress = {}
-    for part, seed in (("fit", 0), ("test", 1)):
-        stress[part] = work / f"stress-{part}"
-        if not (stress[part] / "manifest.csv").is_file():
-            build_stress_set(stress[part], StressSpec(seed=seed, part=part, size=args.size, preset=args.preset),
-                             samples_dir=samples, overwrite=True)
+    stress = build_stress_sets(work, args.preset, args.size)
     return cohort, unseen, model, stress["fit"], stress["test"]
 
 
@@ -154,9 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unseen-patients", type=int, default=6, help="patients of the unseen cohort")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine 2 threads ran 14x slower)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a trained model folder to assess instead of the bench's small model (with --data)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="--model's phantom data set (with splits.json): QC fitted on its held-out patients")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--png", type=Path, default=None, help="risk-coverage PNG (default: workdir/risk_coverage.png)")
     args = parser.parse_args(argv)
+    if (args.model is None) != (args.data is None):
+        parser.error("--model and --data go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     import torch
 

@@ -121,8 +121,9 @@ def _check_batch(mf: ModelFolder) -> np.ndarray:
 
 def int8_unsafe_here(mf: ModelFolder) -> str:
     """Why the folder's int8 variant must not run on this CPU ("" when it may): a variant with
-    signed int8 weights saturates in ONNX Runtime's u8 x s8 kernels on a CPU without VNNI or
-    AMX-INT8 (segmentation.inference.cpu); one made with unsigned weights runs anywhere."""
+    full 8-bit signed weights saturates in ONNX Runtime's u8 x s8 kernels on a CPU without VNNI or
+    AMX-INT8 (segmentation.inference.cpu); one made with 7-bit (``int7``) or unsigned weights
+    runs anywhere."""
     from segmentation.inference.quantize import variant_weight_type
 
     variant = mf.variants.get(INT8_VARIANT)
@@ -131,7 +132,7 @@ def int8_unsafe_here(mf: ModelFolder) -> str:
     flags = ", ".join(sorted(cpu_mod.INT8_DOT_FLAGS))
     return (f"it has signed int8 weights and this CPU has no VNNI/AMX-INT8 ({flags} absent from "
             f"{cpu_mod.CPUINFO}), where ONNX Runtime's int8 kernels saturate; quantise again on this "
-            f"machine (`taviseg model quantize {mf.path} --calibration DATA` picks unsigned weights here)")
+            f"machine (`taviseg model quantize {mf.path} --calibration DATA` picks 7-bit weights here)")
 
 
 class InferenceEngine:

@@ -51,22 +51,26 @@ logger = logging.getLogger(__name__)
 
 #: Name of the int8 variant in a model folder's ``variants.json``.
 INT8_VARIANT = "onnx-int8"
-#: Weight types: signed int8 (u8 x s8, fastest) where the CPU has a non-saturating int8 dot product
-#: (VNNI, AMX), else unsigned (u8 x u8: the AVX2 u8 x s8 kernels saturate; segmentation.inference.cpu).
-WEIGHT_TYPES = ("int8", "uint8")
+#: Weight types. ``int8``: signed int8 (u8 x s8, fastest) for a CPU with a non-saturating int8 dot
+#: product (VNNI, AMX). ``int7``: signed int8 weights in 7 bits (ONNX Runtime's ``reduce_range``):
+#: the u8 x s8 kernels of AVX2 add pairs of u8 x s8 products in 16 bits, which saturate with 8-bit
+#: weights (255 x 127 x 2 > 32767) but not with 7-bit ones (255 x 64 x 2 < 32767), so the fast
+#: kernel stays exact there. ``uint8``: u8 x u8 (no saturation, slower kernels on AVX2).
+WEIGHT_TYPES = ("int8", "int7", "uint8")
 
 
 def method_text(weight_type: str) -> str:
     """The provenance's one-line description of how a variant was quantised."""
-    return (f"onnxruntime quantize_static, QDQ, per-channel {weight_type} weights, uint8 activations, "
+    weights = "int8 weights in 7 bits (reduce_range)" if weight_type == "int7" else f"{weight_type} weights"
+    return (f"onnxruntime quantize_static, QDQ, per-channel {weights}, uint8 activations, "
             "after quant_pre_process")
 
 
 def default_weight_type() -> str:
-    """``int8`` on a CPU with VNNI/AMX-INT8, else ``uint8`` (see :data:`WEIGHT_TYPES`)."""
+    """``int8`` on a CPU with VNNI/AMX-INT8, else ``int7`` (see :data:`WEIGHT_TYPES`)."""
     from segmentation.inference.cpu import cpu_has_int8_dot
 
-    return "int8" if cpu_has_int8_dot() else "uint8"
+    return "int8" if cpu_has_int8_dot() else "int7"
 
 
 def variant_weight_type(provenance: dict[str, Any]) -> str:
@@ -101,8 +105,8 @@ class QuantizeSettings:
     #: Operator types quantised (None: every type ONNX Runtime can quantise; ("Conv",): only the
     #: convolutions, the element-wise operations between them staying in float).
     op_types: tuple[str, ...] | None = None
-    #: ``int8`` or ``uint8`` weights; None: :func:`default_weight_type` (by this CPU's flags).
-    weight_type: Literal["int8", "uint8"] | None = None
+    #: ``int8``, ``int7`` or ``uint8`` weights; None: :func:`default_weight_type` (by this CPU's flags).
+    weight_type: Literal["int8", "int7", "uint8"] | None = None
     seed: int = 0
     threads: int = 0
 
@@ -353,7 +357,7 @@ def quantize_onnx(
     try:
         quantize_static(
             str(pre), str(out_path), _Batches(ONNX_INPUT, batches),
-            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=settings.weight_type == "int7",
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QUInt8 if settings.weight_type == "uint8" else QuantType.QInt8,
             calibrate_method=methods[settings.calibrate_method], nodes_to_exclude=exclude,

@@ -5,7 +5,8 @@ its folder's :class:`~segmentation.qc.store.QualityModel`. For a run (a sequence
 
 1. preprocesses the frames and runs every fold's backend on the frames and their horizontal
    flips in one batch (the engine's own probabilities are the plain ones, or the mean of both
-   with ``tta``; the masks are exactly the engine's);
+   with ``tta``; the masks are exactly the engine's); the flips are left out when neither TTA
+   nor the folder's calibrator needs them (a model that is not flip-consistent);
 2. measures each frame: flip-TTA Dice and boundary entropy (:mod:`.disagreement`), shape
    (:mod:`.shape`), contrast of the outlined region (:mod:`.contrast`), agreement with the
    neighbouring frames (:mod:`.temporal`), the old confidence, and the encoder features'
@@ -134,18 +135,42 @@ class QualityAssessor:
             self._encoder = EncoderFeatures(self.engine.folder, device=self.engine.device)
         return self._encoder
 
-    def _model_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fold-averaged probabilities of the batch and of its flip (flipped back), ``(N, P, P)``."""
+    @property
+    def needs_flip(self) -> bool:
+        """Whether the flipped forward pass is needed: TTA, fitting (no QC data yet), or a
+        calibrator that uses the flip feature."""
+        return bool(self.engine.tta) or self.qc is None or "flip_dice" in self.qc.calibrator.features
+
+    def _model_maps(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fold-averaged probabilities of the batch and of its flip (flipped back; None when
+        :attr:`needs_flip` is false), ``(N, P, P)``."""
         n = batch.shape[0]
-        inputs = np.concatenate([batch, batch[..., ::-1]], axis=0)
+        flip = self.needs_flip
+        inputs = np.concatenate([batch, batch[..., ::-1]], axis=0) if flip else batch
         plain = np.zeros((n,) + batch.shape[2:], np.float32)
-        flipped = np.zeros_like(plain)
+        flipped = np.zeros_like(plain) if flip else None
         for backend in self.engine.backends.values():
             p = _sigmoid(backend.logits(inputs))
             plain += p[:n]
-            flipped += p[n:, :, ::-1]
+            if flipped is not None:
+                flipped += p[n:, :, ::-1]
         k = np.float32(len(self.engine.backends))
-        return plain / k, flipped / k
+        return plain / k, (flipped / k if flipped is not None else None)
+
+    def encoder_features(self, frames: FrameInput, *, bits_stored: int | None = None) -> np.ndarray:
+        """``(N, D)`` pooled encoder features of ``frames`` alone (no segmentation): what the
+        out-of-distribution statistics are fitted on."""
+        spec = self.engine.spec
+        items = as_frame_list(frames)
+        out = []
+        for start in range(0, len(items), self.engine.batch_size):
+            batch, _ = to_model_input(
+                items[start:start + self.engine.batch_size], input_size=spec.input_size,
+                padded_size=spec.padded_size, in_channels=spec.in_channels, normalization=spec.normalization,
+                bits_stored=bits_stored,
+            )
+            out.append(self._features_net()(batch))
+        return np.concatenate(out) if out else np.zeros((0, 0))
 
     def measure(
         self,
@@ -187,17 +212,21 @@ class QualityAssessor:
             used = 0.5 * (plain + flipped) if engine.tta else plain
             enc.append(self._features_net()(batch))
             small_used = crop_padding(used, geometry)
-            small_plain, small_flip = crop_padding(plain, geometry), crop_padding(flipped, geometry)
+            small_plain = crop_padding(plain, geometry)
+            small_flip = crop_padding(flipped, geometry) if flipped is not None else None
             for j, p in enumerate(restore_probabilities(used, geometry)):
                 image = chunk[j]
                 mask = postprocess_mask(p, engine.postprocess, default_threshold=spec.threshold)
                 conf.append(frame_confidence(p, mask, margin_fraction=engine.confidence_config.margin_fraction))
-                m_plain = postprocess_mask(small_plain[j], engine.postprocess, default_threshold=spec.threshold)
-                m_flip = postprocess_mask(small_flip[j], engine.postprocess, default_threshold=spec.threshold)
                 m_small = postprocess_mask(small_used[j], engine.postprocess, default_threshold=spec.threshold)
+                flip_agreement = math.nan
+                if small_flip is not None:
+                    m_plain = postprocess_mask(small_plain[j], engine.postprocess, default_threshold=spec.threshold)
+                    m_flip = postprocess_mask(small_flip[j], engine.postprocess, default_threshold=spec.threshold)
+                    flip_agreement = flip_dice(m_plain, m_flip)
                 f = shape_features(mask, spacing_of(mask.shape), raw_mask=threshold_mask(small_used[j], threshold))
                 f.update({
-                    "flip_dice": flip_dice(m_plain, m_flip),
+                    "flip_dice": flip_agreement,
                     "boundary_entropy": boundary_entropy(small_used[j], m_small),
                     "mask_contrast": mask_contrast(image, mask),
                     "confidence": conf[-1],

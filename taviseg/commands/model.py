@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="folds to quantise (default: all)")
     q.add_argument("--op-types", type=lambda s: tuple(v for v in s.split(",") if v), metavar="OP,...",
                    help="ONNX operator types to quantise, e.g. Conv (default: all ONNX Runtime can)")
+    q.add_argument("--weights", choices=("int8", "int7", "uint8"), default=None,
+                   help="weight type (default by this CPU: int8 with VNNI/AMX-INT8, else int7, i.e. 7-bit "
+                        "weights, which ONNX Runtime's AVX2 kernels do not saturate)")
     q.add_argument("--onnx-cache-dir", type=Path, help="fp32 ONNX export cache (default: the user cache dir)")
 
 
@@ -147,6 +150,7 @@ def _quantize(args: argparse.Namespace) -> int:
     settings = QuantizeSettings(
         calibration_frames=args.frames, check_frames=args.check_frames, calibrate_method=args.method,
         min_median_dice=args.min_median_dice, max_dice_change=args.max_dice_change, op_types=args.op_types,
+        weight_type=args.weights,
     )
     report = quantize_model_folder(args.folder, args.calibration, settings=settings, folds=args.folds,
                                    onnx_cache_dir=args.onnx_cache_dir)

@@ -183,3 +183,40 @@ def test_frames_beyond_the_fitted_range_are_flagged_but_keep_their_outline(engin
     assert pred.flagged.all() and pred.reasons == [None] * 3
     assert all(np.array_equal(a, b) for a, b in zip(pred.masks, pred.raw_masks))
     assert not QualityAssessor(engine=engine, qc=dataclasses.replace(qc, ood_flag=1e9)).predict(frames).flagged.any()
+
+
+def test_the_encoder_features_alone_are_those_the_measurement_pools(engine):
+    frames = smooth_frames(5, 70, 64, seed=11)
+    assessor = QualityAssessor(engine=engine, qc=None)
+    np.testing.assert_allclose(assessor.encoder_features(frames), assessor.measure(frames).encoder,
+                               rtol=1e-5, atol=1e-6)
+
+
+def without_flip(qc: QualityModel) -> QualityModel:
+    """``qc`` with a calibrator that leaves the flip feature out."""
+    cal = qc.calibrator
+    keep = [i for i, f in enumerate(cal.features) if f != "flip_dice"]
+    return dataclasses.replace(qc, calibrator=Calibrator(
+        features=tuple(cal.features[i] for i in keep), mean=cal.mean[keep], std=cal.std[keep],
+        coef=cal.coef[keep], intercept=cal.intercept))
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_without_the_flip_feature_the_assessor_runs_one_pass_per_frame(folder, tta):
+    """A calibrator without flip_dice (a model that is not flip-consistent): no mirrored forward
+    pass unless TTA needs it (half the QC inference), flip_dice not measured, the same masks."""
+    frames = smooth_frames(3, 64, 64, seed=7)
+    results = {}
+    for flips in (True, False):
+        eng = InferenceEngine.from_folder(folder, device="cpu", backend="eager", host_threads=0, tta=tta)
+        qc = make_qc(eng)
+        seen: list[int] = []
+        for backend in eng.backends.values():
+            logits = backend.logits
+            backend.logits = lambda x, _f=logits, _seen=seen: (_seen.append(x.shape[0]), _f(x))[1]
+        pred = QualityAssessor(engine=eng, qc=qc if flips else without_flip(qc)).predict(frames)
+        assert sum(seen) == (6 if flips or tta else 3), seen
+        assert np.isfinite(pred.quality).all()
+        assert all(np.isnan(f["flip_dice"]) == (not flips and not tta) for f in pred.features)
+        results[flips] = pred.masks
+    assert all(np.array_equal(a, b) for a, b in zip(results[True], results[False]))

@@ -123,3 +123,94 @@ def test_a_samples_folder_without_the_stress_files_still_gives_qc_data(tmp_path,
         assert fit_after_training(folder, data, tmp_path / "stress", device="cpu") is not None
     assert "without real samples" in caplog.text and "rubo_0002_XA_jpegbaseline_96f" in caplog.text
     assert "real" not in {f.stage for f in Dataset.load(tmp_path / "stress").records}
+
+
+def test_the_flip_feature_is_left_out_for_a_model_that_is_not_flip_consistent():
+    from segmentation.qc.calibrator import FEATURES
+    from segmentation.qc.fit import calibrator_features
+
+    rows = lambda flips: [{"features": {"flip_dice": f}} for f in flips]  # noqa: E731
+    # trained without flips for views with the root on one side: ~0 on good frames
+    assert "flip_dice" not in calibrator_features(rows([0.0, 0.02, 0.0, 0.06]))
+    assert calibrator_features(rows([0.95, 0.9, 0.1])) == FEATURES
+    assert calibrator_features(rows([float("nan")])) == FEATURES  # not measured: nothing to judge by
+
+
+def test_the_no_contrast_limit_lies_below_the_training_outlines_too(tmp_path):
+    """The "no contrast" gate's limit rests on the ground-truth outlines of the training frames
+    as well as the model's good held-out outlines: a training root lighter than its ring (a v2
+    root over the spine) keeps an unseen root like it from being emptied."""
+    from segmentation.qc.contrast import mask_contrast
+    from segmentation.qc.fit import model_patients
+
+    folder = make_model_folder(tmp_path / "model", size=64)
+    data = labelled_dataset(tmp_path / "data", folder, patients=10)
+    stress = tmp_path / "stress"
+    assert taviseg_main(["-q", "qc", "stress", "--out", str(stress), "--size", "64", "--runs", "1",
+                         "--frames", "2", "--no-samples"]) == 0
+    assert taviseg_main(["-q", "qc", "fit", str(folder), "--data", str(data), "--stress", str(stress),
+                         "--device", "cpu"]) == 0
+    dataset = Dataset.load(data)
+    train_p, _ = model_patients(dataset, [0])
+    gt_contrast = [mask_contrast(Dataset.read_image(r), Dataset.read_mask(r)) for r in dataset.frames_of(train_p)]
+    assert min(gt_contrast) < -0.02  # the shifted outlines of the odd patients: lighter than their ring
+    assert load_quality_model(folder).gate.contrast_min <= contrast_limit(np.array(gt_contrast)) + 1e-9
+
+
+def test_the_flag_threshold_is_chosen_on_qualities_predicted_out_of_fold():
+    """Each held-out patient's quality comes from a calibrator that did not see that patient;
+    with one patient (nothing to hold out) it is the full calibrator's."""
+    from segmentation.qc.calibrator import Calibrator
+    from segmentation.qc.fit import cross_fitted_quality
+
+    rng = np.random.default_rng(0)
+    feats = ("boundary_entropy", "confidence")
+
+    def rows(patient, n, good):
+        return [{"patient_id": patient, "dice": 0.9 if good else 0.3,
+                 "features": {"boundary_entropy": rng.normal(0.2 if good else 0.5, 0.1),
+                              "confidence": rng.normal(0.95 if good else 0.85, 0.03)}} for _ in range(n)]
+
+    held = [r for p in range(6) for r in rows(f"P{p}", 6, True) + rows(f"P{p}", 2, False)]
+    odd = rows("P9", 4, True)
+    for r in odd:  # a patient whose good frames look bad: only its own fit could know better
+        r["features"]["boundary_entropy"] = 0.45
+    held += odd
+    stress = rows("S", 20, False)
+    y = np.array([r["dice"] >= 0.8 for r in held + stress], float)
+    x = np.array([[r["features"][f] for f in feats] for r in held + stress])
+    full = Calibrator.fit(x, y, features=feats)
+    oof = cross_fitted_quality(full, held, stress, folds=3, seed=0)
+    inside = full.predict(x[:len(held)])
+    assert oof.shape == (len(held),) and not np.allclose(oof, inside)
+    # predicting P9 without P9 in the fit can only rate its odd good frames lower
+    p9 = [i for i, r in enumerate(held) if r["patient_id"] == "P9"]
+    assert oof[p9].mean() <= inside[p9].mean() + 1e-9
+    one = [r for r in held if r["patient_id"] == "P0"]
+    np.testing.assert_allclose(cross_fitted_quality(full, one, stress), full.predict(x[:len(one)]))
+
+
+def test_the_training_hook_keeps_qc_data_fitted_for_the_same_weights(tmp_path, monkeypatch):
+    """`taviseg train` run again over finished folds rewrites the model folder with the same
+    weights: its QC data are kept, not fitted again; new weights are fitted again."""
+    from segmentation.models.folder import load_model_folder, save_model_folder
+    from tests.segmentation.conftest import make_state
+
+    monkeypatch.delenv("TAVISEG_DICOM_SAMPLES", raising=False)
+    folder = make_model_folder(tmp_path / "model", size=64)
+    data = labelled_dataset(tmp_path / "data", folder, patients=16, frames=8)
+    first = fit_after_training(folder, data, tmp_path / "stress", device="cpu")
+    assert first is not None
+    stamp = (folder / QC_JSON).stat().st_mtime_ns
+    again = fit_after_training(folder, data, tmp_path / "stress", device="cpu")
+    assert again is not None and again.flag_below == first.flag_below
+    assert (folder / QC_JSON).stat().st_mtime_ns == stamp
+    spec = load_model_folder(folder).spec
+    state = make_state("linknet", "resnet18", seed=0)  # the same network, one weight nudged
+    key = next(k for k, v in state.items() if v.is_floating_point() and v.ndim == 4)
+    state[key] = state[key] + 1e-4
+    save_model_folder(folder, spec, {0: state}, overwrite=True)
+    assert fit_after_training(folder, data, tmp_path / "stress", device="cpu") is not None
+    assert (folder / QC_JSON).stat().st_mtime_ns != stamp
+    fitted = json.loads((folder / QC_JSON).read_text())["provenance"]["weights_sha256"]
+    assert fitted == {"0": load_model_folder(folder).weights_hash(0)}
