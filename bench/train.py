@@ -1,7 +1,8 @@
 """Training throughput: our training loop against a plain loop, same model, data and augmentation.
 
 Ours (:mod:`training.train`): a DataLoader (worker prefetch, pinned memory and
-``non_blocking`` copies on GPU; in-process on CPU), channels-last and bf16/fp16 autocast on GPU,
+``non_blocking`` copies on GPU; in-process on CPU), channels-last (``--channels-last``, on GPU
+and CPU), bf16/fp16 autocast on GPU,
 ``zero_grad(set_to_none=True)``, losses and Dice accumulated on the device (one sync per epoch).
 Plain (the authors' style): each batch assembled from a Python list of samples in the main
 process (no prefetch), fp32, contiguous layout, ``zero_grad()`` to zeros, and ``.item()``
@@ -14,7 +15,8 @@ Prints ONE summary line on stdout::
     train bench linknet/resnet18 256px batch 4 on cpu: ours 3.38 img/s, plain 2.40 img/s, ratio 1.40x ...
 
     .venv/bin/python bench/train.py [--arch linknet --encoder resnet18 --size 256 --batch 4
-                                     --frames 24 --repeats 2 --workers auto --device auto]
+                                     --frames 24 --repeats 2 --workers auto --device auto
+                                     --channels-last yes|no]
 
 Default: about 1 min on 2 idle CPU cores (2-3 min on a busy machine).
 """
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                              "the compute threads for 2 cores; 8 on GPU)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--channels-last", choices=("yes", "no"), default="yes",
+                        help="our loop's memory format (the training default, conf channels_last: true, "
+                             "on GPU and CPU); the plain loop stays contiguous")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -110,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     optim = OptimConfig(name="adam", lr=args.lr)
 
     amp_dtype = autocast_dtype_for(TrainConfig(model=ModelConfig(args.arch, args.encoder, args.size)), device)
-    channels_last = device.type == "cuda"
+    channels_last = args.channels_last == "yes"
     torch.manual_seed(0)
     init = build_model(args.arch, args.encoder).state_dict()
 

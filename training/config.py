@@ -111,7 +111,7 @@ class TrainConfig:
     augment: AugmentConfig = setting(default_factory=AugmentConfig, doc="training augmentation")
     amp: bool = setting(True, doc="mixed precision on GPU (bf16 where supported, else fp16)")
     amp_dtype: Literal["auto", "bf16", "fp16"] = setting("auto", doc="autocast dtype on GPU")
-    channels_last: bool = setting(True, doc="channels-last memory format on GPU")
+    channels_last: bool = setting(True, doc="channels-last memory format (GPU and CPU)")
     seed: int = setting(0, ge=0, le=2**31 - 1, doc="seed of weights init, shuffling, augmentation")
     num_workers: int = setting(0, ge=0, le=64, doc="DataLoader worker processes")
     device: str = setting("auto", doc="'auto', 'cpu', 'cuda' or 'cuda:N'")

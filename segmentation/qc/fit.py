@@ -130,11 +130,6 @@ def _feature_matrix(rows: list[dict], features: Sequence[str] = FEATURES) -> np.
                     np.float64).reshape(len(rows), len(features))
 
 
-#: Below this median flip-TTA Dice on the good held-out frames the model does not agree with its
-#: mirrored self even where it is right, and the flip feature says nothing about failure.
-MIN_FLIP_AGREEMENT = 0.5
-
-
 #: Patient-level folds of the held-out frames for the cross-fitted flag threshold.
 THRESHOLD_FOLDS = 5
 
@@ -144,10 +139,9 @@ def cross_fitted_quality(calibrator: Calibrator, held_rows: Sequence[dict], stre
     """The quality of every held-out frame as predicted by a calibrator that did not see its
     patient: the held-out patients are split into ``folds`` groups; each group is predicted by a
     calibrator fitted on the other groups plus the stress frames. ``flag_below`` is chosen on
-    these out-of-fold qualities; chosen on the calibrator's own fitting frames it was optimistic
-    (4% of the held-out good frames flagged, 13% of unseen patients' good frames on the CPU
-    recipe's model). A group whose training part holds a single label class is predicted by the
-    calibrator fitted on every frame (``calibrator``)."""
+    these out-of-fold qualities: chosen on the calibrator's own fitting frames it flags fewer
+    good frames there than on unseen patients. A group whose training part holds a single label
+    class is predicted by the calibrator fitted on every frame (``calibrator``)."""
     held_rows = list(held_rows)
     features = calibrator.features
     out = calibrator.predict(_feature_matrix(held_rows, features))
@@ -165,6 +159,11 @@ def cross_fitted_quality(calibrator: Calibrator, held_rows: Sequence[dict], stre
         part = Calibrator.fit(_feature_matrix(rest, features), y, features=features)
         out[idx] = part.predict(_feature_matrix([held_rows[i] for i in idx], features))
     return out
+
+
+#: Below this median flip-TTA Dice on the good held-out frames the model does not agree with its
+#: mirrored self even where it is right, and the flip feature says nothing about failure.
+MIN_FLIP_AGREEMENT = 0.5
 
 
 def calibrator_features(held_good: Sequence[dict]) -> tuple[str, ...]:

@@ -369,3 +369,22 @@ def test_cosine_run_trains_at_the_schedule_and_resumes_on_it(tiny_dataset, tmp_p
     constant = load_train_config(TINY, overrides={"epochs": 3})
     assert config_fingerprint(constant) == config_fingerprint(
         load_train_config(TINY, overrides={"epochs": 5, "optim.final_lr_fraction": 0.5}))
+
+
+def test_channels_last_on_the_cpu_is_deterministic_and_the_same_model(tiny_run, tiny_dataset, tmp_path):
+    """channels_last now applies on the CPU too (faster convolutions there): two runs give the
+    same bytes, and the weights match the contiguous run's up to float rounding."""
+    from safetensors.torch import load_file
+
+    from training.train import train
+
+    cfg, out, _model = tiny_run
+    last = load_train_config(TINY, overrides={"epochs": EPOCHS, "channels_last": True})
+    for name in ("a", "b"):
+        train(last, tiny_dataset, tmp_path / name, folds=[0], progress=False)
+    mine, again = (load_file(str(tmp_path / n / "fold_0" / "best.safetensors")) for n in ("a", "b"))
+    assert mine.keys() == again.keys() and all(torch.equal(mine[k], again[k]) for k in mine)
+    theirs = load_file(str(out / "fold_0" / "best.safetensors"))
+    assert cfg.channels_last is False and mine.keys() == theirs.keys()
+    worst = max(float((mine[k].float() - theirs[k].float()).abs().max()) for k in mine)
+    assert worst < 1e-2, worst
