@@ -278,6 +278,27 @@ class ModelFolder:
         return model.to(device).eval()
 
 
+def _same_weights_file(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bool:
+    """Whether ``path`` already holds exactly these tensors and metadata.
+
+    safetensors writes its metadata in a per-process random order, so writing the same weights
+    again gives other bytes and another SHA-256; the folder's QC data and int8 variant, which
+    name the weights by that hash, would then look stale after a training command run again
+    over finished folds. An unchanged file is therefore left as it is.
+    """
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            if (fh.metadata() or {}) != metadata or set(fh.keys()) != set(tensors):
+                return False
+            return all(torch.equal(fh.get_tensor(k), v) for k, v in tensors.items())
+    except Exception:  # noqa: BLE001 - an unreadable file is simply rewritten
+        return False
+
+
 def save_model_folder(
     folder: str | Path,
     spec: ModelSpec,
@@ -325,6 +346,8 @@ def save_model_folder(
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         target = folder / fold_filename(fold)
         fold_meta = {**meta, "fold": str(fold)}
+        if _same_weights_file(target, tensors, fold_meta):
+            continue  # keep the file and its hash (see _same_weights_file)
         write_atomic(target, lambda tmp, t=tensors, m=fold_meta: save_file(t, str(tmp), metadata=m))
     write_json_atomic(folder / CONFIG_FILENAME, spec.to_json_dict())
     logger.info("wrote model folder %s (%s/%s, folds %s)", folder, spec.architecture, spec.encoder, list(spec.folds))

@@ -97,3 +97,22 @@ def test_weights_that_do_not_fit_are_refused(tmp_path):
     with pytest.raises(ModelError, match="weights do not fit linknet/resnet18 with 3 input channel"):
         load_model_folder(path).build(0)
     assert np.isfinite(load_model_folder(tmp_path / "ok").spec.threshold)
+
+
+def test_writing_the_same_weights_again_keeps_the_file_and_its_hash(tmp_path):
+    """safetensors orders its metadata at random: rewriting unchanged weights (a training
+    command run again over finished folds) must not change the file, whose SHA-256 names the
+    weights for the QC data and the int8 variant; changed weights are written."""
+    spec = ModelSpec(architecture="linknet", encoder="resnet18", input_size=64)
+    state = make_state("linknet", "resnet18", seed=0)
+    folder = save_model_folder(tmp_path / "m", spec, {0: state})
+    path = folder / "fold_0.safetensors"
+    before, stamp = load_model_folder(folder).weights_hash(0), path.stat().st_mtime_ns
+    for _ in range(3):
+        save_model_folder(folder, spec, {0: {k: v.clone() for k, v in state.items()}}, overwrite=True)
+    assert path.stat().st_mtime_ns == stamp and load_model_folder(folder).weights_hash(0) == before
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    changed = {**state, key: state[key] + 1.0}
+    save_model_folder(folder, spec, {0: changed}, overwrite=True)
+    assert load_model_folder(folder).weights_hash(0) != before
+    assert torch.equal(load_model_folder(folder).state_dict(0)[key], changed[key])
