@@ -373,7 +373,7 @@ def test_cosine_run_trains_at_the_schedule_and_resumes_on_it(tiny_dataset, tmp_p
 
 def test_channels_last_on_the_cpu_is_deterministic_and_the_same_model(tiny_run, tiny_dataset, tmp_path):
     """channels_last now applies on the CPU too (faster convolutions there): two runs give the
-    same bytes, and the weights match the contiguous run's up to float rounding."""
+    same weights, and they match the contiguous run's up to float rounding (relative norm)."""
     from safetensors.torch import load_file
 
     from training.train import train
@@ -386,5 +386,9 @@ def test_channels_last_on_the_cpu_is_deterministic_and_the_same_model(tiny_run, 
     assert mine.keys() == again.keys() and all(torch.equal(mine[k], again[k]) for k in mine)
     theirs = load_file(str(out / "fold_0" / "best.safetensors"))
     assert cfg.channels_last is False and mine.keys() == theirs.keys()
-    worst = max(float((mine[k].float() - theirs[k].float()).abs().max()) for k in mine)
-    assert worst < 1e-2, worst
+    floats = [k for k in mine if mine[k].is_floating_point()]
+    diff = sum(float((mine[k] - theirs[k]).float().pow(2).sum()) for k in floats) ** 0.5
+    norm = sum(float(theirs[k].float().pow(2).sum()) for k in floats) ** 0.5
+    # 0.006 here after 4 epochs (rounding differences grow with training); two differently
+    # seeded networks differ by about 1.4
+    assert diff / norm < 5e-2, diff / norm
