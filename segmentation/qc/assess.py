@@ -157,19 +157,20 @@ class QualityAssessor:
         k = np.float32(len(self.engine.backends))
         return plain / k, (flipped / k if flipped is not None else None)
 
+    def _model_input(self, chunk: list[np.ndarray], bits_stored: int | None):
+        """``chunk`` as the network's input batch and its geometry (the engine's preprocessing)."""
+        spec = self.engine.spec
+        return to_model_input(chunk, input_size=spec.input_size, padded_size=spec.padded_size,
+                              in_channels=spec.in_channels, normalization=spec.normalization,
+                              bits_stored=bits_stored)
+
     def encoder_features(self, frames: FrameInput, *, bits_stored: int | None = None) -> np.ndarray:
         """``(N, D)`` pooled encoder features of ``frames`` alone (no segmentation): what the
         out-of-distribution statistics are fitted on."""
-        spec = self.engine.spec
         items = as_frame_list(frames)
-        out = []
-        for start in range(0, len(items), self.engine.batch_size):
-            batch, _ = to_model_input(
-                items[start:start + self.engine.batch_size], input_size=spec.input_size,
-                padded_size=spec.padded_size, in_channels=spec.in_channels, normalization=spec.normalization,
-                bits_stored=bits_stored,
-            )
-            out.append(self._features_net()(batch))
+        size = self.engine.batch_size
+        out = [self._features_net()(self._model_input(items[start:start + size], bits_stored)[0])
+               for start in range(0, len(items), size)]
         return np.concatenate(out) if out else np.zeros((0, 0))
 
     def measure(
@@ -204,15 +205,12 @@ class QualityAssessor:
             lambda shape: self.qc.shape.spacing_for(shape, spacing_mm))
         for start in range(0, len(items), engine.batch_size):
             chunk = items[start:start + engine.batch_size]
-            batch, geometry = to_model_input(
-                chunk, input_size=spec.input_size, padded_size=spec.padded_size, in_channels=spec.in_channels,
-                normalization=spec.normalization, bits_stored=bits_stored,
-            )
+            batch, geometry = self._model_input(chunk, bits_stored)
             plain, flipped = self._model_maps(batch)
             used = 0.5 * (plain + flipped) if engine.tta else plain
             enc.append(self._features_net()(batch))
             small_used = crop_padding(used, geometry)
-            small_plain = crop_padding(plain, geometry)
+            small_plain = crop_padding(plain, geometry) if flipped is not None else None
             small_flip = crop_padding(flipped, geometry) if flipped is not None else None
             for j, p in enumerate(restore_probabilities(used, geometry)):
                 image = chunk[j]

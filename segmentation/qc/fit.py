@@ -245,14 +245,15 @@ def fit_quality_model(
         row["features"]["ood_log_distance"] = math.log1p(d)
         row["features"]["shape_implausibility"] = shape.implausibility(row["features"])
     y = np.array([r["dice"] >= GOOD_DICE for r in fit_rows], np.float64)
-    held_good = [r for r in held_rows if r["dice"] >= FAIL_DICE]
+    is_good = np.array([r["dice"] >= FAIL_DICE for r in held_rows], bool)
+    held_good = [r for r, good in zip(held_rows, is_good) if good]
     features = calibrator_features(held_good)
     calibrator = Calibrator.fit(_feature_matrix(fit_rows, features), y, features=features)
     if rows_out is not None:
         rows_out.extend(fit_rows)
 
     q_held = cross_fitted_quality(calibrator, held_rows, stress_rows, seed=seed)
-    q_good = q_held[[r["dice"] >= FAIL_DICE for r in held_rows]] if held_good else np.ones(1)
+    q_good = q_held[is_good] if held_good else np.ones(1)
     flag_below = float(np.clip(np.quantile(q_good, target_false_alarm), 0.05, 0.95))
     held_d = np.array([r["features"]["ood_distance"] for r in held_rows]) if held_rows else ood.train_distances
     # The limit rests on every good outline seen: the model's on the good held-out frames and the
