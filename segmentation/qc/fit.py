@@ -6,7 +6,10 @@
 2. **Held-out frames** (validation and test patients of those folds, never trained on) and the
    **stress set(s)** (:mod:`.stress`): every frame is segmented and measured; its label is
    ``Dice >= 0.8`` against the ground truth (empty ground truth: the frame is right only when
-   the model outlines nothing). The monotone calibrator (:mod:`.calibrator`) is fitted on them.
+   the model outlines nothing). The monotone calibrator (:mod:`.calibrator`) is fitted on the
+   frames the model outlined something on (an empty mask is answered by the gate, "nothing
+   segmented"; frames without a root, e.g. before the injection, are left out of the shape and
+   contrast statistics of the training masks).
    The flip-TTA feature is left out for a model that is not flip-consistent
    (:func:`calibrator_features`).
 3. ``flag_below`` is the quality below which at most ``target_false_alarm`` of the held-out
@@ -36,6 +39,7 @@ from segmentation import metrics
 from segmentation.qc.assess import QualityAssessor
 from segmentation.qc.calibrator import FEATURES, Calibrator
 from segmentation.qc.contrast import mask_contrast
+from segmentation.qc.errors import QualityError
 from segmentation.qc.ood import FeatureGaussian
 from segmentation.qc.shape import ShapeStats, shape_features
 from segmentation.qc.store import Gate, QualityModel, save_quality_model
@@ -230,14 +234,21 @@ def fit_quality_model(
     for run in train_runs:
         for rec in run:
             gt = Dataset.read_mask(rec)
-            img = Dataset.read_image(rec)
-            gt_shapes.append(shape_features(gt, rec.spacing_mm))
-            gt_contrast.append(mask_contrast(img, gt))
             fovs.append(max(gt.shape) * max(rec.spacing_mm))
+            if not gt.any():  # a frame without a root (before the injection): no outline to describe
+                continue
+            gt_shapes.append(shape_features(gt, rec.spacing_mm))
+            gt_contrast.append(mask_contrast(Dataset.read_image(rec), gt))
     shape = ShapeStats.fit(gt_shapes, fov_mm=float(np.median(fovs)))
 
-    held_rows = evaluate_runs(fresh, held_runs)
-    stress_rows = [row for root in stress_roots for row in evaluate_runs(fresh, runs_of(Dataset.load(root).records))]
+    # Frames the model leaves empty are answered by the gate ("nothing segmented"), whatever the
+    # calibrator says: they are left out of its fit and of the flag threshold (a correct empty
+    # answer on a frame without a root would otherwise count as a good frame with degenerate features).
+    held_rows = [r for r in evaluate_runs(fresh, held_runs) if r["features"]["area_frac"] > 0]
+    stress_rows = [row for root in stress_roots for row in evaluate_runs(fresh, runs_of(Dataset.load(root).records))
+                   if row["features"]["area_frac"] > 0]
+    if not held_rows:
+        raise QualityError(f"the model segments nothing on the held-out frames of {dataset_root}")
     fit_rows = held_rows + stress_rows
     for row in fit_rows:
         d = float(ood.distance(row["encoder"])[0])

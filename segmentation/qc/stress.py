@@ -95,7 +95,10 @@ def _phantom_run(spec: StressSpec, corruption_index: int, run: int, *, no_contra
     from tavidata.phantom.case import sample_patient, sample_run
     from tavidata.phantom.imaging import build_scene
 
-    config = dataclasses.replace(load_phantom_preset(spec.preset), size=spec.size, spacing_mm=None)
+    # pre_injection 0: the corruptions act on frames with a contrast-filled root ("no_contrast" is the
+    # stage without it)
+    config = dataclasses.replace(load_phantom_preset(spec.preset), size=spec.size, spacing_mm=None,
+                                 pre_injection=0.0)
     part_salt = PARTS.index(spec.part)
     seed = int(np.random.SeedSequence([0x57E55, spec.seed, part_salt, corruption_index, run])
                .generate_state(1, dtype=np.uint32)[0])

@@ -2,8 +2,10 @@
 
 :func:`run_verdict` sums up a run's frames: ``pass`` when fewer than ``fail_fraction`` of its
 frames are flagged (low quality or "no root here"), ``fail`` otherwise, ``unknown`` without QC
-data. The text names the count, e.g. "AI outline, 7 of 40 frames uncertain", and is what the
-node writes into the SEG's SeriesDescription and ContentDescription (at most 64 characters).
+data. The text names the counts, e.g. "AI outline, 7 of 40 frames uncertain" or, with frames
+answered "no root here" (before the injection), "AI outline, 1 of 40 frames uncertain, 6 no
+root", and is what the node writes into the SEG's SeriesDescription and ContentDescription (at
+most 64 characters).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class RunVerdict:
         frames = f"{self.frames} frame{'' if self.frames == 1 else 's'}"
         if self.status == "fail" and self.no_root == self.frames:
             return f"AI: no aortic root found in {frames}"
-        text = f"AI outline, {self.flagged} of {frames} uncertain"
+        text = f"AI outline, {self.flagged - self.no_root} of {frames} uncertain"
+        if self.no_root:  # frames answered "no root here" (e.g. before the injection) are not uncertain
+            text += f", {self.no_root} no root"
         return (text if self.status == "pass" else f"{text} (run failed QC)")[:64]
 
     def to_json_dict(self) -> dict:

@@ -25,7 +25,7 @@ from tavidata.phantom.config import PhantomConfig
 from tavidata.phantom.contact_sheet import make_contact_sheet, make_tile
 from tavidata.phantom.dicom_export import study_uid_for, write_run_with_ground_truth
 from tavidata.phantom.imaging import build_scene
-from tavidata.phantom.run import PhantomRun, render_frames, run_rng
+from tavidata.phantom.run import PhantomRun, bolus_shift_s, render_frames, run_rng
 from tavidata.phantom.stats import REAL_TAVI_RANGES, describe, frame_stats, summarize
 
 logger = logging.getLogger(__name__)
@@ -68,9 +68,12 @@ def generate_run(config: PhantomConfig, patient_seed: int, run_index: int, *, n_
     patient = _patient(config, patient_seed)
     case = sample_run(rng, config, patient, n_frames=n_frames, stage=stage)
     scene = build_scene(rng, case, patient)
-    frames, masks = render_frames(scene, case.timing.frame_times, n_frames, scene.shape,
+    shift = bolus_shift_s(config, patient_seed, run_index, case.timing.frame_times)
+    frames, masks = render_frames(scene, [t + shift for t in case.timing.frame_times], n_frames, scene.shape,
                                   np.random.default_rng([patient_seed, 3, run_index]))
     meta = case.describe()
+    if shift:
+        meta["bolus_shift_s"] = round(shift, 4)
     meta.update(scene.info)
     meta.update({
         "patient_seed": int(patient_seed), "run_index": int(run_index),

@@ -116,6 +116,9 @@ class PhantomConfig:
     projection_size: int = setting(256, ge=32, le=2048, doc="grid the CT is projected on, upsampled to size (ct)")
     domain_randomisation: float = setting(0.0, ge=0.0, le=1.0,
                                           doc="fraction of runs drawn past the realistic ranges (ct generator)")
+    pre_injection: float = setting(0.0, ge=0.0, le=1.0,
+                                   doc="fraction of runs whose cine starts before the contrast arrives "
+                                       "(frames without a contrast-filled root get empty masks)")
 
     def __post_init__(self) -> None:
         lo, hi = self.frames_per_run

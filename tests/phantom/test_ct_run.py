@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -114,7 +115,7 @@ def test_cohort_outputs_dicom_calibration_and_manifest_spacing(tmp_path) -> None
 def test_presets_and_generator_key() -> None:
     for name in ("tiny", "demo", "paper"):
         assert load_phantom_preset(name).generator == "v1"
-    for name in ("ct_tiny", "ct_demo", "ct_train", "ct_paper"):
+    for name in ("ct_tiny", "ct_demo", "ct_train", "ct_train_pre", "ct_paper"):
         assert load_phantom_preset(name).generator == "ct"
     bad = PRESETS_FILE.parent / "phantom.yaml"
     with pytest.raises(ConfigError, match="generator"):
@@ -132,16 +133,59 @@ def test_domain_randomisation_widens_the_ranges() -> None:
 
 def test_a_run_rendered_before_the_injection_has_no_dark_root() -> None:
     """``time_shift_s=-60`` renders the same scene before the bolus: the root region is no darker
-    than its ring (the QC stress set's "no contrast" frames rely on it)."""
+    than its ring (the QC stress set's "no contrast" frames rely on it), and the ground truth is
+    empty (no contrast-filled root to outline)."""
     from tavidata.phantom.ct.run import generate_ct_run
-
-    def root_contrast(r) -> float:
-        image, mask = r.frames[1].astype(np.float32), r.masks[1]
-        ring = cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool) & ~mask
-        return float(image[ring].mean() - image[mask].mean())
 
     seed = patient_seed(CONFIG, 10)
     filled = generate_ct_run(CONFIG, seed, 0, stage="overview")
     before = generate_ct_run(CONFIG, seed, 0, stage="overview", time_shift_s=-60.0)
-    assert root_contrast(filled) > root_contrast(before) + 8.0, (root_contrast(filled), root_contrast(before))
-    assert before.masks.any()  # the root is still there, only not filled
+    mask = filled.masks[1]
+    assert root_contrast(filled.frames[1], mask) > root_contrast(before.frames[1], mask) + 8.0
+    assert filled.masks.any(axis=(1, 2)).all()
+    assert not before.masks.any()
+
+
+def root_contrast(image: np.ndarray, mask: np.ndarray) -> float:
+    """Mean grey of a ring around ``mask`` minus the mean inside (positive: the root is dark)."""
+    core = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    ring = cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool) & ~mask
+    return float(image.astype(np.float32)[ring].mean() - image.astype(np.float32)[core].mean())
+
+
+def test_runs_that_start_before_the_injection_have_empty_masks_until_the_contrast_arrives() -> None:
+    early = dataclasses.replace(CONFIG, pre_injection=1.0)
+    empty_frames = filled_frames = 0
+    for i in range(4):
+        seed = patient_seed(CONFIG, 20 + i)
+        run = generate_run(early, seed, 0, stage="overview")
+        on_bolus = generate_run(CONFIG, seed, 0, stage="overview")
+        assert run.meta["bolus_shift_s"] < 0 and "bolus_shift_s" not in on_bolus.meta
+        assert on_bolus.masks.any(axis=(1, 2)).all()
+        has_root = run.masks.any(axis=(1, 2))
+        # once the contrast has arrived it stays: the empty frames come first
+        k = int((~has_root).sum())
+        assert not has_root[:k].any() and has_root[k:].all(), has_root
+        for j in range(len(run.masks)):
+            if has_root[j]:
+                filled_frames += 1
+            else:  # no contrast-filled root in the picture either: the root region is not dark
+                empty_frames += 1
+                assert root_contrast(run.frames[j], on_bolus.masks[j]) < root_contrast(
+                    on_bolus.frames[j], on_bolus.masks[j]) - 5.0
+    assert empty_frames > 0 and filled_frames > 0, (empty_frames, filled_frames)
+
+
+def test_pre_injection_leaves_the_other_runs_byte_identical() -> None:
+    half = dataclasses.replace(CONFIG, pre_injection=0.5)
+    shifted = kept = 0
+    for i in range(4):
+        seed = patient_seed(CONFIG, 30 + i)
+        run, plain = generate_run(half, seed, 0), generate_run(CONFIG, seed, 0)
+        if "bolus_shift_s" in run.meta:
+            shifted += 1
+            assert run.frames.tobytes() != plain.frames.tobytes()
+        else:
+            kept += 1
+            assert run.frames.tobytes() == plain.frames.tobytes() and run.masks.tobytes() == plain.masks.tobytes()
+    assert shifted and kept, (shifted, kept)

@@ -215,3 +215,48 @@ def test_the_training_hook_keeps_qc_data_fitted_for_the_same_weights(tmp_path, m
     assert (folder / QC_JSON).stat().st_mtime_ns != stamp
     fitted = json.loads((folder / QC_JSON).read_text())["provenance"]["weights_sha256"]
     assert fitted == {"0": load_model_folder(folder).weights_hash(0)}
+
+
+def test_frames_the_model_leaves_empty_are_answered_by_the_gate_not_fitted(tmp_path):
+    """A data set with frames without a root (before the injection, empty ground truth) that the
+    model rightly leaves empty: those frames are not calibrator rows (their features are
+    degenerate; the gate answers them "nothing segmented"), and the fit still succeeds."""
+    from segmentation.qc.assess import QualityAssessor
+    from segmentation.qc.fit import fit_quality_model
+
+    # The random model's threshold is put just above its highest probability on a black frame:
+    # it outlines nothing there, and a few pixels on the smooth frames that peak higher.
+    probe = InferenceEngine.from_folder(make_model_folder(tmp_path / "probe", size=64), device="cpu",
+                                        backend="eager", host_threads=0)
+    blank = [np.zeros((64, 64), np.uint8)] * 3
+    threshold = float(probe.predict(blank[:1], return_probabilities=True).probabilities[0].max()) + 1e-3
+    candidates = smooth_frames(60, 64, 64, seed=200)
+    peaks = [float(p.max()) for p in probe.predict(candidates, return_probabilities=True).probabilities]
+    outlined = [img for img, peak in zip(candidates, peaks) if peak > threshold + 1e-3]
+    assert len(outlined) >= 30, len(outlined)
+    folder = make_model_folder(tmp_path / "model", size=64, threshold=threshold)
+    engine = InferenceEngine.from_folder(folder, device="cpu", backend="eager", host_threads=0)
+    assert not any(m.any() for m in engine.predict(blank).masks)  # this model outlines nothing there
+    data = tmp_path / "data"
+    with DatasetWriter(data, name="qc-fit-pre-injection") as writer:
+        for p in range(10):
+            images = outlined[3 * p:3 * p + 3]
+            masks = engine.predict(images).masks
+            assert all(m.any() for m in masks)
+            for i, (img, m) in enumerate(zip(images, masks)):
+                writer.add(f"P{p:03d}", "run01", i, img, m if p % 2 == 0 else np.roll(m, 32, axis=(0, 1)) & ~m,
+                           spacing_mm=(0.5, 0.5))
+            for i, img in enumerate(blank):  # the frames before the contrast arrives
+                writer.add(f"P{p:03d}", "run01", 3 + i, img, np.zeros((64, 64), bool), spacing_mm=(0.5, 0.5))
+    split_dataset(data, k=2, seed=0, val_fraction=0.25)
+    stress = tmp_path / "stress"
+    assert taviseg_main(["-q", "qc", "stress", "--out", str(stress), "--size", "64", "--runs", "1",
+                         "--frames", "2", "--no-samples"]) == 0
+    assessor = QualityAssessor(engine=engine, qc=None)
+    rows: list[dict] = []
+    qc = fit_quality_model(assessor, data, [stress], rows_out=rows, save=False)
+    assert rows and all(r["features"]["area_frac"] > 0 for r in rows)
+    assert qc.shape.area_frac_range[0] > 0
+    pred = assessor.predict(blank)
+    assert pred.reasons == ["nothing segmented"] * 3 and pred.flagged.all()
+    assert pred.verdict.text == "AI: no aortic root found in 3 frames"

@@ -24,3 +24,15 @@ def test_verdict_counts_and_text():
 def test_verdict_text_of_a_single_frame():
     assert run_verdict(np.array([0.1]), np.array([True]), ["no contrast"]).text == "AI: no aortic root found in 1 frame"
     assert run_verdict(np.array([0.9]), np.array([False]), [None]).text == "AI outline, 0 of 1 frame uncertain"
+
+
+def test_frames_without_a_root_are_counted_apart_from_the_uncertain_ones():
+    # a run that starts before the injection: 2 frames answered "no root here", 1 uncertain outline
+    q = np.array([0.1, 0.1, 0.3, 0.9, 0.9, 0.95, 0.9, 0.9])
+    reasons = ["nothing segmented", "nothing segmented"] + [None] * 6
+    v = run_verdict(q, q < 0.5, reasons)
+    assert (v.status, v.flagged, v.no_root) == ("pass", 3, 2)
+    assert v.text == "AI outline, 1 of 8 frames uncertain, 2 no root"
+    long = run_verdict(np.full(40, 0.1), np.ones(40, bool), ["nothing segmented"] * 28 + [None] * 12)
+    assert long.status == "fail" and long.text.startswith("AI outline, 12 of 40 frames uncertain, 28 no root")
+    assert len(long.text) <= 64

@@ -372,7 +372,9 @@ def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *,
     """Generate one v2 cine run (the v2 counterpart of :func:`tavidata.phantom.cohort.generate_run`).
 
     ``time_shift_s`` renders the same scene that many seconds later (negative: before the
-    injection, e.g. -60 s for a run without contrast; the masks still show where the root is).
+    injection, e.g. -60 s for a run without contrast; frames without a contrast-filled root get
+    empty masks, :data:`~tavidata.phantom.run.VISIBLE_FILL`). ``config.pre_injection`` adds a
+    shift of its own to some runs (:func:`~tavidata.phantom.run.bolus_shift_s`).
 
     Returns:
         A :class:`~tavidata.phantom.cohort.PhantomRun` whose ``spacing_mm`` is the isocentre
@@ -385,7 +387,7 @@ def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *,
     """
     from tavidata.phantom.case import sample_patient
     from tavidata.phantom.ct.randomise import sample_ct_run
-    from tavidata.phantom.run import PhantomRun, render_frames, run_rng
+    from tavidata.phantom.run import PhantomRun, bolus_shift_s, render_frames, run_rng
 
     rng, n_frames = run_rng(config, patient_seed, run_index, n_frames)
     patient = sample_patient(np.random.default_rng([patient_seed, 1]), config)
@@ -393,7 +395,8 @@ def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *,
     case = sample_ct_run(rng, config, valve=patient.valve, n_frames=n_frames, stage=stage,
                          sternal_wires=patient.sternal_wires)
     scene = build_ct_scene(rng, case, anatomy, projection_size=config.projection_size)
-    times = tuple(t + time_shift_s for t in case.timing.frame_times)
+    shift = time_shift_s + bolus_shift_s(config, patient_seed, run_index, case.timing.frame_times)
+    times = tuple(t + shift for t in case.timing.frame_times)
     frames, masks = render_frames(scene, times, n_frames, (config.size, config.size),
                                   np.random.default_rng([patient_seed, 3, run_index]))
     meta = case.describe()
@@ -401,6 +404,8 @@ def generate_ct_run(config: PhantomConfig, patient_seed: int, run_index: int, *,
     meta.update(scene.geometry.describe())
     meta.update({"generator": "ct", "patient_seed": int(patient_seed), "run_index": int(run_index),
                  "ct_sha256": anatomy.ct.sha256["cxr.nii.gz"][:16]})
+    if shift:
+        meta["bolus_shift_s"] = round(shift, 4)
     spacing = float(scene.geometry.isocentre_spacing_mm)
     return PhantomRun(frames=frames, masks=masks, spacing_mm=(spacing, spacing), stage=case.stage, meta=meta)
 
