@@ -101,6 +101,8 @@ class TrainConfig:
     model: ModelConfig = setting(doc="network to train")
     optim: OptimConfig = setting(default_factory=OptimConfig, doc="optimizer")
     epochs: int = setting(35, ge=1, le=10000, doc="training epochs per fold (paper: 35)")
+    loss: Literal["dice", "dice_bce"] = setting(
+        "dice", doc="dice: soft Dice over the batch (paper); dice_bce: plus pixel cross-entropy")
     batch_size: int | Literal["auto"] = setting(
         "auto", ge=1, doc="frames per batch, or 'auto' (GPU: ~70-90% of GPU memory; CPU: 2)"
     )

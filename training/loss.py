@@ -6,6 +6,11 @@ Soft Dice (docs/benchmark.md, "Protocol")::
 
 with ``p`` the sigmoid probabilities and ``y`` the binary ground truth, the sums running over
 every pixel of every frame of the batch (one ratio per batch, not a mean of per-frame ratios).
+
+``loss: dice_bce`` (not the paper's; :class:`DiceBCELoss`) adds the mean binary cross-entropy
+of every pixel. The batch ratio charges an outline on a frame without a root (empty ground
+truth, e.g. before the injection) like any false-positive area of the batch; cross-entropy
+charges each of its pixels directly, whatever the rest of the batch holds.
 """
 
 from __future__ import annotations
@@ -63,6 +68,35 @@ class SoftDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Takes raw logits (N, 1, H, W) and the target of the same shape; returns the loss."""
         return soft_dice_loss(torch.sigmoid(_at_least_fp32(logits)), target, self.eps)
+
+
+class DiceBCELoss(nn.Module):
+    """Soft Dice over the batch plus the mean binary cross-entropy (module docstring)."""
+
+    def __init__(self, eps: float = DICE_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Takes raw logits (N, 1, H, W) and the target of the same shape; returns the loss."""
+        z = _at_least_fp32(logits)
+        bce = nn.functional.binary_cross_entropy_with_logits(z, target.to(z.dtype))
+        return soft_dice_loss(torch.sigmoid(z), target, self.eps) + bce
+
+
+#: ``loss`` setting -> loss module.
+LOSSES = {"dice": SoftDiceLoss, "dice_bce": DiceBCELoss}
+
+
+def make_loss(name: str) -> nn.Module:
+    """The training loss named ``name`` (a key of :data:`LOSSES`).
+
+    Raises:
+        ValueError: an unknown name (the known ones are listed).
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]()
 
 
 def dice_per_frame(

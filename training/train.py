@@ -58,7 +58,7 @@ from training.checkpoint import (
 from training.config import TrainConfig
 from training.data import EvalFrameDataset, FrameDataset, derive_seed, fold_records, get_fold, make_loader
 from training.errors import NonFiniteLossError, TrainingError
-from training.loss import SoftDiceLoss, dice_per_frame
+from training.loss import SoftDiceLoss, dice_per_frame, make_loss
 from training.optim import build_optimizer, epoch_lr, set_lr
 
 logger = logging.getLogger(__name__)
@@ -197,8 +197,9 @@ def train_one_epoch(
     threshold: float = 0.5,
     progress: bool = False,
     desc: str = "train",
+    loss_fn: torch.nn.Module | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over ``loader`` with the soft-Dice loss.
+    """One pass over ``loader`` with ``loss_fn`` (default: the paper's soft-Dice loss).
 
     Losses and Dice stay on the device during the epoch (one synchronisation at the end).
 
@@ -209,7 +210,7 @@ def train_one_epoch(
         TrainingError: an empty loader.
     """
     model.train()
-    loss_fn = SoftDiceLoss()
+    loss_fn = loss_fn if loss_fn is not None else SoftDiceLoss()
     sums = _EpochSums(device, threshold)
     for x, y in _device_batches(loader, device, channels_last=channels_last, progress=progress, desc=desc):
         optimizer.zero_grad(set_to_none=True)
@@ -264,6 +265,8 @@ def config_fingerprint(cfg: TrainConfig) -> str:
             data["optim"].pop(key, None)
     else:  # the curve depends on the epoch count: a longer run is another run
         volatile = tuple(k for k in volatile if k != "epochs")
+    if cfg.loss == "dice":  # runs written before the loss was a setting keep their fingerprint
+        data.pop("loss", None)
     for key in volatile:
         data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -467,7 +470,7 @@ def train_fold(
                 train_loss, train_dice, frames = train_one_epoch(
                     model, loader, optimizer, device=device, scaler=scaler, autocast_dtype=amp_dtype,
                     channels_last=channels_last, threshold=cfg.threshold, progress=progress,
-                    desc=f"epoch {epoch} train",
+                    desc=f"epoch {epoch} train", loss_fn=make_loss(cfg.loss),
                 )
                 train_seconds = time.perf_counter() - began
                 val_loss, val_dice = evaluate(

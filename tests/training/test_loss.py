@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.loss import DICE_EPS, SoftDiceLoss, dice_per_frame, soft_dice_loss
+from training.loss import DICE_EPS, DiceBCELoss, SoftDiceLoss, dice_per_frame, make_loss, soft_dice_loss
 
 
 def test_soft_dice_matches_hand_computation_over_the_batch():
@@ -59,3 +59,26 @@ def test_hard_dice_per_frame():
     assert dice[2].item() == pytest.approx(1.0, abs=1e-6)  # empty prediction of an empty mask
     # sigmoid(5) = 0.993: above a 0.9999 threshold nothing is predicted.
     assert dice_per_frame(logits, y, threshold=0.9999)[0].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dice_bce_adds_the_pixel_cross_entropy_and_charges_an_outline_on_an_empty_frame():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8)
+    target = torch.zeros(2, 1, 8, 8)
+    target[0, :, 2:6, 2:6] = 1.0  # frame 1 has no root (before the injection)
+    p = torch.sigmoid(logits)
+    bce = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    assert float(DiceBCELoss()(logits, target)) == pytest.approx(float(soft_dice_loss(p, target) + bce), rel=1e-5)
+    # an outline on the empty frame: cross-entropy charges its pixels on top of the batch ratio
+    clean = torch.where(target > 0, 6.0, -6.0)
+    outlined = clean.clone()
+    outlined[1, :, 2:6, 2:6] = 6.0
+    extra_dice = float(SoftDiceLoss()(outlined, target) - SoftDiceLoss()(clean, target))
+    extra_both = float(DiceBCELoss()(outlined, target) - DiceBCELoss()(clean, target))
+    assert extra_both > extra_dice + 0.09  # 16 of 128 pixels wrong at logit 6: +0.75 cross-entropy
+
+
+def test_make_loss_by_name():
+    assert isinstance(make_loss("dice"), SoftDiceLoss) and isinstance(make_loss("dice_bce"), DiceBCELoss)
+    with pytest.raises(ValueError, match="unknown loss 'focal'; known: dice, dice_bce"):
+        make_loss("focal")

@@ -392,3 +392,25 @@ def test_channels_last_on_the_cpu_is_deterministic_and_the_same_model(tiny_run, 
     # 0.006 on the AVX2 VM after 4 epochs (rounding differences grow with training); two
     # independently initialised networks differ by the order of their own norm
     assert diff / norm < 5e-2, diff / norm
+
+
+def test_the_loss_is_part_of_the_fingerprint_and_the_default_keeps_old_runs_valid():
+    """``loss: dice_bce`` trains another model than the paper's loss (another fingerprint: a
+    finished fold is not reused for it); the default leaves the fingerprint of runs written
+    before the loss was a setting as it was (the configuration without the key)."""
+    import hashlib
+    import json
+
+    from tavicore.config import to_dict
+    from training.train import _VOLATILE_KEYS, config_fingerprint
+
+    cfg = load_train_config(TINY)
+    assert config_fingerprint(load_train_config(TINY, overrides={"loss": "dice_bce"})) != config_fingerprint(cfg)
+    legacy = to_dict(cfg)
+    legacy.pop("loss")
+    for key in _VOLATILE_KEYS:
+        legacy.pop(key, None)
+    assert cfg.optim.schedule == "constant"
+    legacy["optim"].pop("schedule", None)
+    legacy["optim"].pop("final_lr_fraction", None)
+    assert config_fingerprint(cfg) == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()

@@ -74,7 +74,7 @@ def test_defaults_are_the_papers_protocol():
     assert (a.noise_p, a.noise_var_limit, a.perspective_p, a.perspective_scale) == (0.2, (3, 10), 0.5, (0.05, 0.1))
     assert (a.brightness_contrast_p, a.brightness_limit, a.contrast_limit) == (0.9, 0.2, 0.2)
     assert (a.hsv_p, a.hue_shift_limit, a.sat_shift_limit, a.val_shift_limit) == (0.9, 20, 30, 20)
-    assert cfg.amp and cfg.channels_last
+    assert cfg.amp and cfg.channels_last and cfg.loss == "dice"
 
 
 @pytest.mark.parametrize(
@@ -90,6 +90,7 @@ def test_defaults_are_the_papers_protocol():
         ({"augment.noise_var_limit": [10, 3]}, r"noise_var_limit: range 10.0..3.0 is reversed"),
         ({"augment.border_mode": "wrap"}, r"border_mode: invalid value 'wrap'"),
         ({"device": "tpu"}, r"device: 'tpu' is not one of"),
+        ({"loss": "focal"}, r"loss: invalid value 'focal'; allowed: 'dice', 'dice_bce'"),
     ],
 )
 def test_config_errors_name_key_and_allowed_values(overrides, pattern):
