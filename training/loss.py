@@ -10,7 +10,9 @@ every pixel of every frame of the batch (one ratio per batch, not a mean of per-
 ``loss: dice_bce`` (not the paper's; :class:`DiceBCELoss`) adds the mean binary cross-entropy
 of every pixel. The batch ratio charges an outline on a frame without a root (empty ground
 truth, e.g. before the injection) like any false-positive area of the batch; cross-entropy
-charges each of its pixels directly, whatever the rest of the batch holds.
+charges each of its pixels directly, whatever the rest of the batch holds. It is the training
+loss only: the validation loss in the logs stays the soft Dice, and the best epoch is chosen on
+the hard Dice either way.
 """
 
 from __future__ import annotations
