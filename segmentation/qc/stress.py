@@ -94,6 +94,7 @@ def _phantom_run(spec: StressSpec, corruption_index: int, run: int, *, no_contra
     from tavidata.phantom import load_phantom_preset
     from tavidata.phantom.case import sample_patient, sample_run
     from tavidata.phantom.imaging import build_scene
+    from tavidata.phantom.run import render_frames
 
     # pre_injection 0: the corruptions act on frames with a contrast-filled root ("no_contrast" is the
     # stage without it)
@@ -107,8 +108,7 @@ def _phantom_run(spec: StressSpec, corruption_index: int, run: int, *, no_contra
 
         ct_run = generate_ct_run(config, seed, 0, n_frames=spec.frames_per_run,
                                  time_shift_s=-60.0 if no_contrast else 0.0)
-        masks = [np.zeros_like(m) if no_contrast else m for m in ct_run.masks]
-        return list(ct_run.frames), masks, float(ct_run.spacing_mm[0])
+        return list(ct_run.frames), list(ct_run.masks), float(ct_run.spacing_mm[0])
     patient = sample_patient(np.random.default_rng([seed, 1]), config)
     rng = np.random.default_rng([seed, 2, 0])
     case = sample_run(rng, config, patient, n_frames=spec.frames_per_run)
@@ -116,13 +116,10 @@ def _phantom_run(spec: StressSpec, corruption_index: int, run: int, *, no_contra
         timing = dataclasses.replace(case.timing, frame_times=tuple(t - 60.0 for t in case.timing.frame_times))
         case = dataclasses.replace(case, timing=timing)
     scene = build_scene(rng, case, patient)
-    noise_rng = np.random.default_rng([seed, 3, 0])
-    frames, masks = [], []
-    for t in case.timing.frame_times:
-        f, m = scene.render(t, noise_rng)
-        frames.append(f)
-        masks.append(np.zeros_like(m) if no_contrast else m)
-    return frames, masks, config.pixel_spacing_mm
+    # render_frames empties the masks of frames without a contrast-filled root ("no_contrast")
+    frames, masks = render_frames(scene, case.timing.frame_times, len(case.timing.frame_times), scene.shape,
+                                  np.random.default_rng([seed, 3, 0]))
+    return list(frames), list(masks), config.pixel_spacing_mm
 
 
 def corrupt(image: np.ndarray, mask: np.ndarray, kind: str, severity: float,
